@@ -1,0 +1,220 @@
+"""Catalog commands: validate, list, show, export, stats, bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from catalog.cli_app import PapersOption, app, papers_dir
+from catalog.load import CatalogInvalid, load_catalog, load_records
+from catalog.schema import Record
+from catalog.vocabulary import suggest, vocabulary
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def records_or_exit(papers: Path | None) -> list[Record]:
+    """Validated records, or every error on stderr and exit 1 (nothing on stdout)."""
+    try:
+        return load_records(papers_dir(papers))
+    except CatalogInvalid as exc:
+        for e in exc.errors:
+            err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def check_theme(theme: str | None) -> None:
+    if theme is not None and theme not in vocabulary().themes:
+        raise fail(f"--theme: unknown theme '{theme}'{suggest(theme, vocabulary().themes)}")
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def validate(
+    papers: Path | None = PapersOption,
+    coverage: bool = typer.Option(True, help="Also require every taxonomy leaf to have a paper."),
+) -> None:
+    """Check every record: schema, vocabulary, uniqueness, links, summary length.
+
+    Prints one line per error as FILE:LINE: FIELD: MESSAGE and exits 1 if there is any.
+
+    Example: atlas validate --papers papers
+    """
+    try:
+        catalog = load_catalog(papers_dir(papers), coverage=coverage)
+    except CatalogInvalid as exc:
+        for e in exc.errors:
+            err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    for e in catalog.errors:
+        err.print(str(e), markup=False, highlight=False)
+    if catalog.errors:
+        err.print(f"{len(catalog.errors)} error(s) in {papers_dir(papers)}", highlight=False)
+        raise typer.Exit(1)
+    err.print(f"[green]ok[/green]: {len(catalog.records)} records valid", highlight=False)
+
+
+def _filter(records: list[Record], theme: str | None, year: int | None) -> list[Record]:
+    return [r for r in records if (theme is None or theme in r.themes) and (year is None or r.year == year)]
+
+
+@app.command("list")
+def list_(
+    theme: str | None = typer.Option(None, help="Only records with this theme."),
+    year: int | None = typer.Option(None, help="Only records first published this year."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """List records (newest first).
+
+    Example: atlas list --theme pruning --year 2024
+    """
+    check_theme(theme)
+    records = sorted(_filter(records_or_exit(papers), theme, year), key=lambda r: (-r.year, r.id))
+    if as_json:
+        print_json([{"id": r.id, "title": r.title, "year": r.year, "venue": r.venue, "themes": r.themes,
+                     "taxonomy": r.taxonomy, "arxiv": r.arxiv, "url": str(r.url)} for r in records])
+        return
+    table = Table(title=f"{len(records)} papers", show_lines=False)
+    for col in ("id", "year", "venue", "themes", "title"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(r.id, str(r.year), r.venue or "preprint", ", ".join(r.themes), r.title)
+    out.print(table)
+
+
+@app.command()
+def show(
+    record_id: str = typer.Argument(..., metavar="ID", help="Record id, e.g. gptq."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Show one record.
+
+    Example: atlas show gptq
+    """
+    records = {r.id: r for r in records_or_exit(papers)}
+    if record_id not in records:
+        raise fail(f"no record '{record_id}'{suggest(record_id, records)}")
+    r = records[record_id]
+    if as_json:
+        print_json(r.model_dump(mode="json"))
+        return
+    out.print(f"[bold]{r.title}[/bold]", highlight=False)
+    out.print(", ".join(r.authors), highlight=False)
+    out.print(f"{r.venue or 'preprint'} · {r.year} · arXiv {r.arxiv or '—'}", highlight=False)
+    out.print(f"url: {r.url}" + (f"   code: {r.code}" if r.code else ""), highlight=False)
+    out.print(f"themes: {', '.join(r.themes)}   taxonomy: {r.taxonomy}", highlight=False)
+    out.print(f"tags: {', '.join(r.tags)}", highlight=False)
+    for name in ("problem", "method", "results", "limitations"):
+        out.print(f"\n[bold]{name.capitalize()}[/bold]\n{getattr(r.summary, name)}", highlight=False)
+    if r.impl:
+        out.print(f"\n[bold]Implementation[/bold]: {r.impl.module} ({r.impl.fidelity})", highlight=False)
+    if r.related:
+        out.print(f"\nrelated: {', '.join(r.related)}", highlight=False)
+
+
+@app.command()
+def export(
+    fmt: str = typer.Option(..., "--format", "-f", help="bibtex, csljson or json."),
+    theme: str | None = typer.Option(None, help="Only records with this theme."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file (atomically) instead of stdout."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Export the catalog as BibTeX, CSL-JSON (Zotero) or JSON.
+
+    Example: atlas export --format bibtex --theme quantization > quantization.bib
+    """
+    from catalog.export import export as render
+
+    if fmt not in ("bibtex", "csljson", "json"):
+        raise fail(f"--format: unknown format '{fmt}'{suggest(fmt, ['bibtex', 'csljson', 'json'])} (choose bibtex, csljson or json)")
+    check_theme(theme)
+    text = render(_filter(records_or_exit(papers), theme, None), fmt)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+    err.print(f"wrote {output}", highlight=False)
+
+
+@app.command()
+def stats(
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Counts per theme, taxonomy leaf, year and venue; papers without code.
+
+    Example: atlas stats
+    """
+    records = records_or_exit(papers)
+    vocab = vocabulary()
+    counts = {
+        "records": len(records),
+        "themes": {t: sum(t in r.themes for r in records) for t in vocab.themes},
+        "taxonomy": {leaf: sum(r.taxonomy == leaf for r in records) for leaf in vocab.taxonomy},
+        "years": dict(sorted(Counter(r.year for r in records).items())),
+        "venues": dict(Counter((r.venue or "preprint").rsplit(" ", 1)[0] if r.venue else "preprint" for r in records).most_common()),
+        "without_code": sorted(r.id for r in records if r.code is None),
+        "with_impl": sorted(r.id for r in records if r.impl),
+    }
+    if as_json:
+        print_json(counts)
+        return
+    out.print(f"[bold]{counts['records']} records[/bold], {len(counts['without_code'])} without code, "
+              f"{len(counts['with_impl'])} with a reference implementation")
+    for title, data in (("theme", counts["themes"]), ("taxonomy leaf", counts["taxonomy"]),
+                        ("year", counts["years"]), ("venue", counts["venues"])):
+        table = Table(title=f"per {title}")
+        table.add_column(title)
+        table.add_column("papers", justify="right")
+        for key, n in data.items():
+            table.add_row(str(key), str(n), style="red" if n == 0 else None)
+        out.print(table)
+
+
+BENCHES = {
+    "search": "catalog.search_bench:run_bench",
+    "site": "catalog.site_bench:run_bench",
+}
+
+
+@app.command()
+def bench(
+    targets: list[str] = typer.Argument(None, help="search, site, or method names (default: everything)."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Run benchmarks and write results/*.json.
+
+    Example: atlas bench search      (search quality and latency)
+             atlas bench gptq rtn    (reference implementations)
+    """
+    import importlib
+
+    targets = targets or ["search", "site", "impls"]
+    methods = [t for t in targets if t not in BENCHES and t != "impls"]
+    for target in targets:
+        if target in BENCHES:
+            module, func = BENCHES[target].split(":")
+            getattr(importlib.import_module(module), func)(papers_dir(papers))
+    if "impls" in targets or methods:
+        from reference_impls.common.bench import run_bench
+
+        run_bench(methods)

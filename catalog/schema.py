@@ -1,0 +1,144 @@
+"""The paper record (DESIGN §1) as a pydantic model.
+
+Field-level rules live here (types, slugs, vocabulary, arXiv id format); rules that need the whole
+catalog (uniqueness, `related` targets, coverage) live in `catalog.validate`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+from catalog.vocabulary import suggest, vocabulary
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# New-style arXiv ids (yymm.nnnn[n]) and old-style ones (archive/yymmnnn), without version suffix.
+ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})$")
+SUMMARY_WORDS = (80, 220)
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    problem: str = Field(min_length=1)
+    method: str = Field(min_length=1)
+    results: str = Field(min_length=1)
+    limitations: str = Field(min_length=1)
+
+    def word_count(self) -> int:
+        return sum(len(text.split()) for text in (self.problem, self.method, self.results, self.limitations))
+
+
+class Impl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    module: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    fidelity: Literal["exact", "simplified", "family"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    id: str
+    title: str = Field(min_length=3)
+    authors: list[str] = Field(min_length=1)
+    year: int = Field(ge=1950, le=2100)
+    venue: str | None = None
+    arxiv: str | None = None
+    url: HttpUrl
+    code: HttpUrl | None = None
+    themes: list[str] = Field(min_length=1, max_length=3)
+    taxonomy: str
+    tags: list[str] = Field(default_factory=list)
+    summary: Summary
+    impl: Impl | None = None
+    related: list[str] = Field(default_factory=list)
+    added: dt.date | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(f"'{value}' is not a slug (lower-case letters, digits and '-', starting with a letter or digit)")
+        return value
+
+    @field_validator("arxiv", mode="before")
+    @classmethod
+    def _arxiv(cls, value):
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            # YAML reads 2210.17323 as a float and silently drops trailing zeros: insist on a string.
+            raise ValueError(f"arXiv id must be a quoted string like \"2210.17323\", got {type(value).__name__} {value!r}")
+        if not ARXIV_ID.match(value.strip()):
+            raise ValueError(f"'{value}' is not an arXiv id (expected like \"2210.17323\", without a version suffix)")
+        return value.strip()
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip():
+                raise ValueError("empty author name")
+        return value
+
+    @field_validator("themes")
+    @classmethod
+    def _themes(cls, value: list[str]) -> list[str]:
+        themes = vocabulary().themes
+        for theme in value:
+            if theme not in themes:
+                raise ValueError(f"unknown theme '{theme}'{suggest(theme, themes)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a theme is listed twice")
+        return value
+
+    @field_validator("taxonomy")
+    @classmethod
+    def _taxonomy(cls, value: str) -> str:
+        leaves = vocabulary().taxonomy
+        if value not in leaves:
+            raise ValueError(f"unknown taxonomy path '{value}'{suggest(value, leaves)}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        tags = vocabulary().tags
+        for tag in value:
+            if tag not in tags:
+                raise ValueError(f"unknown tag '{tag}'{suggest(tag, tags)} (add it to catalog/data/tags.txt first)")
+        if len(set(value)) != len(value):
+            raise ValueError("a tag is listed twice")
+        return value
+
+    @field_validator("related")
+    @classmethod
+    def _related(cls, value: list[str]) -> list[str]:
+        for rid in value:
+            if not SLUG.match(rid):
+                raise ValueError(f"'{rid}' is not a record id")
+        return value
+
+    @model_validator(mode="after")
+    def _consistency(self) -> Record:
+        if self.arxiv and re.match(r"^\d{4}\.", self.arxiv):
+            arxiv_year = 2000 + int(self.arxiv[:2])
+            if arxiv_year != self.year:
+                raise ValueError(f"year: {self.year} does not match the arXiv id {self.arxiv} (first version {arxiv_year})")
+        if self.id in self.related:
+            raise ValueError("related: a record cannot be related to itself")
+        return self
+
+    # -- derived, used by exports, search and the site -------------------------------------------
+    @property
+    def arxiv_url(self) -> str | None:
+        return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None
+
+    @property
+    def summary_text(self) -> str:
+        s = self.summary
+        return " ".join((s.problem, s.method, s.results, s.limitations))

@@ -1,0 +1,80 @@
+"""Checks that need the whole catalog: uniqueness, links, quality gates and coverage."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+
+from catalog.load import Catalog, CatalogError, display_path, record_line
+from catalog.schema import SUMMARY_WORDS
+from catalog.vocabulary import suggest, vocabulary
+
+
+def normalize_title(title: str) -> str:
+    """Case, accents, punctuation and spacing removed: 'GPTQ: Accurate…' -> 'gptqaccurate…'."""
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> list[CatalogError]:
+    errors: list[CatalogError] = []
+
+    def err(record_id: str, key: str, message: str) -> None:
+        path = catalog.paths[record_id]
+        errors.append(CatalogError(display_path(path), record_line(papers, path.stem, key), key, message))
+
+    for key, value_of, what in (
+        ("id", lambda r: r.id, "id"),
+        ("arxiv", lambda r: r.arxiv, "arXiv id"),
+        ("title", lambda r: normalize_title(r.title), "title (after normalization)"),
+    ):
+        seen: dict[str, str] = {}
+        for record in catalog.records:
+            value = value_of(record)
+            if not value:
+                continue
+            if value in seen:
+                first = catalog.paths[seen[value]].name
+                err(record.id, key, f"duplicate {what}: same as {first}")
+            else:
+                seen[value] = record.id
+
+    ids = {r.id for r in catalog.records}
+    for record in catalog.records:
+        for rid in record.related:
+            if rid not in ids:
+                err(record.id, "related", f"unknown record id '{rid}'{suggest(rid, ids)}")
+        if record.impl and not _module_exists(record.impl.module):
+            err(record.id, "impl", f"module '{record.impl.module}' cannot be imported")
+        words = record.summary.word_count()
+        lo, hi = SUMMARY_WORDS
+        if not lo <= words <= hi:
+            err(record.id, "summary", f"{words} words; a summary has {lo}-{hi} words over its four fields")
+        if not 1 <= len(record.tags):
+            err(record.id, "tags", "at least one tag is required")
+
+    if coverage:
+        errors.extend(coverage_errors(catalog, papers))
+    return errors
+
+
+def coverage_errors(catalog: Catalog, papers: Path) -> list[CatalogError]:
+    """Catalog-wide gates: every taxonomy leaf has at least one paper."""
+    used: dict[str, int] = defaultdict(int)
+    for record in catalog.records:
+        used[record.taxonomy] += 1
+    return [
+        CatalogError(str(papers), 0, "taxonomy", f"leaf '{leaf}' has no paper")
+        for leaf in vocabulary().taxonomy
+        if not used[leaf]
+    ]
