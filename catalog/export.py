@@ -61,11 +61,17 @@ def _latex_title(title: str) -> str:
     out = []
     for word in re.split(r"(\s+)", title):
         encoded = _latex(word)
-        core = re.sub(r"[^A-Za-z]", "", word)
-        if len(core) > 1 and any(c.isupper() for c in core[1:]):
+        segments = [re.sub(r"[^A-Za-z]", "", seg) for seg in re.split(r"[-/]", word)]
+        if any(len(seg) > 1 and any(c.isupper() for c in seg[1:]) for seg in segments):
             encoded = "{" + encoded + "}"
         out.append(encoded)
     return "".join(out)
+
+
+def venue_year(record: Record) -> int:
+    """The year to cite: the venue's ('ICLR 2023') when it names one, else the first version's."""
+    match = re.search(r"\b(19|20)\d\d\b", record.venue or "")
+    return int(match.group(0)) if match else record.year
 
 
 def _entry_type(record: Record) -> str:
@@ -80,19 +86,20 @@ def to_bibtex(records: list[Record]) -> str:
     for r in sorted(records, key=lambda r: keys[r.id]):
         kind = _entry_type(r)
         fields = [
-            Field("title", "{" + _latex_title(r.title) + "}"),
-            Field("author", "{" + " and ".join(f"{_latex(family_name(a))}, {_latex(given_names(a))}".rstrip(", ") for a in r.authors) + "}"),
-            Field("year", "{" + str(r.year) + "}"),
+            # the writer adds the enclosing braces
+            Field("title", _latex_title(r.title)),
+            Field("author", " and ".join(f"{_latex(family_name(a))}, {_latex(given_names(a))}".rstrip(", ") for a in r.authors)),
+            Field("year", str(venue_year(r))),
         ]
         if kind == "inproceedings":
-            fields.append(Field("booktitle", "{" + _latex(r.venue) + "}"))
+            fields.append(Field("booktitle", _latex(r.venue)))
         elif kind == "article":
-            fields.append(Field("journal", "{" + _latex(r.venue) + "}"))
+            fields.append(Field("journal", _latex(r.venue)))
         if r.arxiv:
-            fields += [Field("eprint", "{" + r.arxiv + "}"), Field("archiveprefix", "{arXiv}")]
-        fields.append(Field("url", "{" + str(r.url) + "}"))
+            fields += [Field("eprint", r.arxiv), Field("archiveprefix", "arXiv")]
+        fields.append(Field("url", str(r.url)))
         if r.code:
-            fields.append(Field("note", "{Code: \\url{" + str(r.code) + "}}"))
+            fields.append(Field("note", "Code: \\url{" + str(r.code) + "}"))
         library.add(Entry(kind, keys[r.id], fields))
     return bibtexparser.write_string(library)
 
@@ -108,7 +115,7 @@ def to_csl(records: list[Record]) -> list[dict]:
             "type": {"misc": "article", "article": "article-journal", "inproceedings": "paper-conference"}[kind],
             "title": r.title,
             "author": [{"family": family_name(a), "given": given_names(a)} for a in r.authors],
-            "issued": {"date-parts": [[r.year]]},
+            "issued": {"date-parts": [[venue_year(r)]]},
             "URL": str(r.url),
         }
         if r.venue:
