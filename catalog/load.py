@@ -42,6 +42,7 @@ class Catalog:
     records: list[Record]
     errors: list[CatalogError] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # record id -> file
+    broken: set[str] = field(default_factory=set)  # stems of files that failed to load
 
     def by_id(self) -> dict[str, Record]:
         return {r.id: r for r in self.records}
@@ -200,6 +201,8 @@ def load_catalog(papers: Path, *, checks: bool = True, coverage: bool = False) -
     for path in sorted(papers.glob("*.yaml")):
         record, errors = parse_file(path, display_path(path))
         catalog.errors.extend(errors)
+        if errors:
+            catalog.broken.add(path.stem)
         if record is not None:
             catalog.records.append(record)
             catalog.paths[record.id] = path

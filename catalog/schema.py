@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from catalog.vocabulary import suggest, vocabulary
 
@@ -18,6 +18,32 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # New-style arXiv ids (yymm.nnnn[n]) and old-style ones (archive/yymmnnn), without version suffix.
 ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})$")
 SUMMARY_WORDS = (80, 220)
+
+
+def _known_theme(theme: str) -> str:
+    themes = vocabulary().themes
+    if theme not in themes:
+        raise ValueError(f"unknown theme '{theme}'{suggest(theme, themes)}")
+    return theme
+
+
+def _known_tag(tag: str) -> str:
+    tags = vocabulary().tags
+    if tag not in tags:
+        raise ValueError(f"unknown tag '{tag}'{suggest(tag, tags)}; add it to catalog/data/tags.txt first")
+    return tag
+
+
+def _record_id(rid: str) -> str:
+    if not SLUG.match(rid):
+        raise ValueError(f"'{rid}' is not a record id")
+    return rid
+
+
+# Per-item validators, so an error's location names the offending list element (and its line).
+Theme = Annotated[str, AfterValidator(_known_theme)]
+Tag = Annotated[str, AfterValidator(_known_tag)]
+RecordId = Annotated[str, AfterValidator(_record_id)]
 
 
 class Summary(BaseModel):
@@ -50,12 +76,12 @@ class Record(BaseModel):
     arxiv: str | None = None
     url: HttpUrl
     code: HttpUrl | None = None
-    themes: list[str] = Field(min_length=1, max_length=3)
+    themes: list[Theme] = Field(min_length=1, max_length=3)
     taxonomy: str
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Tag] = Field(default_factory=list)
     summary: Summary
     impl: Impl | None = None
-    related: list[str] = Field(default_factory=list)
+    related: list[RecordId] = Field(default_factory=list)
     added: dt.date | None = None
 
     @field_validator("id")
@@ -88,10 +114,6 @@ class Record(BaseModel):
     @field_validator("themes")
     @classmethod
     def _themes(cls, value: list[str]) -> list[str]:
-        themes = vocabulary().themes
-        for theme in value:
-            if theme not in themes:
-                raise ValueError(f"unknown theme '{theme}'{suggest(theme, themes)}")
         if len(set(value)) != len(value):
             raise ValueError("a theme is listed twice")
         return value
@@ -107,20 +129,8 @@ class Record(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
-        tags = vocabulary().tags
-        for tag in value:
-            if tag not in tags:
-                raise ValueError(f"unknown tag '{tag}'{suggest(tag, tags)} (add it to catalog/data/tags.txt first)")
         if len(set(value)) != len(value):
             raise ValueError("a tag is listed twice")
-        return value
-
-    @field_validator("related")
-    @classmethod
-    def _related(cls, value: list[str]) -> list[str]:
-        for rid in value:
-            if not SLUG.match(rid):
-                raise ValueError(f"'{rid}' is not a record id")
         return value
 
     @model_validator(mode="after")

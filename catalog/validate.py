@@ -52,7 +52,8 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
     ids = {r.id for r in catalog.records}
     for record in catalog.records:
         for rid in record.related:
-            if rid not in ids:
+            # a link to a file that failed to load is that file's error, not this one's
+            if rid not in ids and rid not in catalog.broken:
                 err(record.id, "related", f"unknown record id '{rid}'{suggest(rid, ids)}")
         if record.impl and not _module_exists(record.impl.module):
             err(record.id, "impl", f"module '{record.impl.module}' cannot be imported")
