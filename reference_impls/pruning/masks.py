@@ -1,0 +1,60 @@
+"""Mask selection rules shared by the pruners.
+
+A mask here is a boolean tensor of the weight's shape, True where the weight is pruned (the
+convention of the SparseGPT, Wanda and RIA repositories). Exactly `int(count * sparsity)` entries
+are pruned in each comparison group: the official code thresholds with `score <= sorted[k]`, which
+prunes one entry too many (and one at 0% sparsity); counting exactly keeps 0% a no-op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_nm(prune_n: int, prune_m: int, in_features: int) -> None:
+    if prune_n < 0 or prune_m < 0 or (prune_n == 0) != (prune_m == 0):
+        raise ValueError(f"N:M needs 0 < prune_n < prune_m or both 0, got {prune_n}:{prune_m}")
+    if prune_n and (prune_n >= prune_m or in_features % prune_m):
+        raise ValueError(f"{prune_n}:{prune_m} sparsity needs prune_n < prune_m dividing {in_features} inputs")
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def global_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the `sparsity` fraction of entries with the lowest score over the whole matrix."""
+    k = int(score.numel() * sparsity)
+    pruned = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if k:
+        pruned[torch.topk(score.flatten(), k, largest=False).indices] = True
+    return pruned.view_as(score)
+
+
+def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the same fraction in every output row (scores compared within a row)."""
+    k = int(score.shape[1] * sparsity)
+    pruned = torch.zeros_like(score, dtype=torch.bool)
+    if k:
+        idx = torch.sort(score, dim=1, stable=True).indices[:, :k]  # (out, k)
+        pruned.scatter_(1, idx, True)
+    return pruned
+
+
+def nm_mask(score: torch.Tensor, prune_n: int, prune_m: int) -> torch.Tensor:
+    """Prune the `prune_n` lowest scores in every group of `prune_m` consecutive inputs of a row."""
+    rows, cols = score.shape
+    check_nm(prune_n, prune_m, cols)
+    groups = score.reshape(rows, cols // prune_m, prune_m)  # (out, in/M, M)
+    idx = torch.topk(groups, prune_n, dim=2, largest=False).indices  # (out, in/M, N)
+    pruned = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
+    return pruned.reshape(rows, cols)
+
+
+def select_mask(score: torch.Tensor, sparsity: float, prune_n: int, prune_m: int, *, per_row: bool) -> torch.Tensor:
+    """N:M when `prune_n` is set, else unstructured per row or over the whole matrix."""
+    if prune_n:
+        return nm_mask(score, prune_n, prune_m)
+    check_sparsity(sparsity)
+    return row_mask(score, sparsity) if per_row else global_mask(score, sparsity)
