@@ -15,7 +15,9 @@ def check_nm(prune_n: int, prune_m: int, in_features: int) -> None:
     if prune_n < 0 or prune_m < 0 or (prune_n == 0) != (prune_m == 0):
         raise ValueError(f"N:M needs 0 < prune_n < prune_m or both 0, got {prune_n}:{prune_m}")
     if prune_n and (prune_n >= prune_m or in_features % prune_m):
-        raise ValueError(f"{prune_n}:{prune_m} sparsity needs prune_n < prune_m dividing {in_features} inputs")
+        raise ValueError(
+            f"{prune_n}:{prune_m} sparsity needs prune_n < prune_m dividing {in_features} inputs"
+        )
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -52,7 +54,9 @@ def nm_mask(score: torch.Tensor, prune_n: int, prune_m: int) -> torch.Tensor:
     return pruned.reshape(rows, cols)
 
 
-def select_mask(score: torch.Tensor, sparsity: float, prune_n: int, prune_m: int, *, per_row: bool) -> torch.Tensor:
+def select_mask(
+    score: torch.Tensor, sparsity: float, prune_n: int, prune_m: int, *, per_row: bool
+) -> torch.Tensor:
     """N:M when `prune_n` is set, else unstructured per row or over the whole matrix."""
     if prune_n:
         return nm_mask(score, prune_n, prune_m)

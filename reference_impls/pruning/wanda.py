@@ -28,7 +28,12 @@ def wanda_mask(weight, input_norm, *, sparsity=0.5, prune_n=0, prune_m=0) -> tor
 
 
 def wanda_prune(
-    weight: torch.Tensor, input_norm: torch.Tensor, *, sparsity: float = 0.5, prune_n: int = 0, prune_m: int = 0
+    weight: torch.Tensor,
+    input_norm: torch.Tensor,
+    *,
+    sparsity: float = 0.5,
+    prune_n: int = 0,
+    prune_m: int = 0,
 ) -> torch.Tensor:
     """Return a copy of `weight` (out, in) with the lowest |W|·‖X‖ entries of each row set to zero."""
     pruned = wanda_mask(weight, input_norm, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)

@@ -1,0 +1,127 @@
+"""RIA: "Plug-and-Play: An Efficient Post-training Pruning Method for Large Language Models"
+(Zhang, Zhao, Lin, Cao, Li, Zhang, Shi; ICLR 2024; OpenReview Tr0lPx9woF, no arXiv version).
+
+Implemented: Relative Importance and Activations, RIA_ij = (|W_ij|/Σ_k|W_kj| + |W_ij|/Σ_k|W_ik|) ·
+‖X_j‖₂^a (a = 0.5), with one threshold over the matrix for unstructured pruning (the repository's
+default; `per_row=True` compares within rows as Wanda does) and N:M masks; channel permutation for
+N:M: the heuristic reallocation (input channels sorted by total score and dealt round-robin into the
+M-groups, every other round reversed) refined by linear sum assignment, position by position,
+of which channel each group receives (the repository's `--reallocation --lsa`, solved with
+`scipy.optimize.linear_sum_assignment` on blocks of at most `lsa_block` groups, as its `--fast`
+option does). The mask is N:M in the permuted order; the returned weight is in the original order
+and `ria_mask` returns the permutation, which a deployment folds into the previous layer or gathers.
+Not implemented: the optional SparseGPT-style reconstruction and the cuSPARSELt kernels.
+Fidelity: exact for the score and the masks; the LSA's block partition is ours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reference_impls.pruning.masks import check_nm, nm_mask, select_mask
+
+
+def ria_score(weight: torch.Tensor, input_norm: torch.Tensor, *, a: float = 0.5) -> torch.Tensor:
+    Wa = weight.detach().float().abs()  # (out, in)
+    relative = Wa / Wa.sum(dim=0, keepdim=True) + Wa / Wa.sum(dim=1, keepdim=True)
+    return relative * input_norm.float().reshape(1, -1) ** a
+
+
+def retained_score(score: torch.Tensor, prune_n: int, prune_m: int) -> float:
+    """Total score an N:M mask keeps, the objective the permutation maximizes."""
+    return float(score.masked_fill(nm_mask(score, prune_n, prune_m), 0).sum())
+
+
+def heuristic_permutation(score: torch.Tensor, prune_m: int) -> torch.Tensor:
+    """Deal channels sorted by total score into groups so each group mixes strong and weak ones."""
+    cols = score.shape[1]
+    order = torch.sort(score.sum(dim=0)).indices  # ascending total importance
+    perm = torch.empty_like(order)
+    chunk = cols // prune_m
+    for p in range(prune_m):
+        part = order[p * chunk : (p + 1) * chunk]
+        perm[p::prune_m] = part if p % 2 == 0 else part.flip(0)
+    return perm
+
+
+def _lsa_position(score: torch.Tensor, prune_n: int, prune_m: int, position: int) -> torch.Tensor:
+    """Best reassignment of the channels at `position` among the groups of `score` (rows, G·M)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = score.shape
+    G = cols // prune_m
+    blocks = score.reshape(rows, G, prune_m)  # (rows, G, M)
+    others = torch.cat([blocks[:, :, :position], blocks[:, :, position + 1 :]], dim=2)  # (rows, G, M-1)
+    moving = blocks[:, :, position]  # (rows, G): candidate channel of each donor group
+    keep = prune_m - prune_n
+    value = torch.empty(G, G)
+    for g in range(G):  # value[g, b]: what group g keeps if it receives donor b's channel
+        trial = torch.cat([others[:, g : g + 1, :].expand(rows, G, prune_m - 1), moving.unsqueeze(2)], dim=2)
+        value[g] = trial.topk(keep, dim=2).values.sum(dim=(0, 2))
+    _, donor = linear_sum_assignment(value.double().numpy(), maximize=True)
+    local = torch.arange(cols)
+    local[torch.arange(G) * prune_m + position] = torch.as_tensor(donor) * prune_m + position
+    return local
+
+
+def lsa_refine(
+    score: torch.Tensor, perm: torch.Tensor, prune_n: int, prune_m: int, lsa_block: int
+) -> torch.Tensor:
+    perm = perm.clone()
+    span = lsa_block * prune_m
+    for position in range(prune_m):
+        for start in range(0, perm.numel(), span):
+            idx = perm[start : start + span]
+            perm[start : start + span] = idx[_lsa_position(score[:, idx], prune_n, prune_m, position)]
+    return perm
+
+
+def ria_mask(
+    weight: torch.Tensor,
+    input_norm: torch.Tensor,
+    *,
+    sparsity: float = 0.5,
+    prune_n: int = 0,
+    prune_m: int = 0,
+    a: float = 0.5,
+    per_row: bool = False,
+    permute: bool = True,
+    lsa: bool = True,
+    lsa_block: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pruned mask in the original column order, input permutation or None)."""
+    score = ria_score(weight, input_norm, a=a)
+    if not (prune_n and permute):
+        return select_mask(score, sparsity, prune_n, prune_m, per_row=per_row), None
+    check_nm(prune_n, prune_m, score.shape[1])
+    perm = heuristic_permutation(score, prune_m)
+    if lsa:
+        perm = lsa_refine(score, perm, prune_n, prune_m, lsa_block)
+    pruned = torch.empty_like(score, dtype=torch.bool)
+    pruned[:, perm] = nm_mask(score[:, perm], prune_n, prune_m)
+    return pruned, perm
+
+
+def ria_prune(
+    weight: torch.Tensor,
+    input_norm: torch.Tensor,
+    *,
+    sparsity: float = 0.5,
+    prune_n: int = 0,
+    prune_m: int = 0,
+    a: float = 0.5,
+    per_row: bool = False,
+    permute: bool = True,
+) -> torch.Tensor:
+    """Return a copy of `weight` (out, in) with the lowest-RIA entries set to zero."""
+    pruned, _ = ria_mask(
+        weight,
+        input_norm,
+        sparsity=sparsity,
+        prune_n=prune_n,
+        prune_m=prune_m,
+        a=a,
+        per_row=per_row,
+        permute=permute,
+    )
+    return weight.masked_fill(pruned, 0)
