@@ -80,8 +80,9 @@ def _entry_type(record: Record) -> str:
     return "article" if any(j in record.venue for j in JOURNALS) else "inproceedings"
 
 
-def to_bibtex(records: list[Record]) -> str:
-    keys = citation_keys(records)
+def to_bibtex(records: list[Record], keys: dict[str, str] | None = None) -> str:
+    """BibTeX for `records`; `keys` (from `citation_keys` over a larger set) keeps keys stable."""
+    keys = keys or citation_keys(records)
     library = bibtexparser.Library()
     for r in sorted(records, key=lambda r: keys[r.id]):
         kind = _entry_type(r)

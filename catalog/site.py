@@ -1,0 +1,264 @@
+"""Site pages generated from validated records: plain functions from records to Markdown.
+
+`generate_pages` returns {relative path: Markdown text}; the mkdocs hook (site/hooks/atlas.py) adds
+them to the build, so this module never touches mkdocs and is tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from catalog.export import citation_keys, to_bibtex, to_json
+from catalog.schema import Record
+from catalog.site_text import attr, front_matter, leaf_slug, md
+from catalog.vocabulary import vocabulary
+
+SUMMARY_FIELDS = ("problem", "method", "results", "limitations")
+
+
+@dataclass
+class SiteData:
+    records: list[Record]
+    similar: dict[str, list[str]] = field(default_factory=dict)  # id -> similar ids, best first
+    impls: dict[str, dict] = field(default_factory=dict)  # module -> {"name", "options", ...}
+    results: dict[str, list[dict]] = field(default_factory=dict)  # method name -> result records
+
+    def __post_init__(self):
+        self.by_id = {r.id: r for r in self.records}
+
+
+# -- small pieces -------------------------------------------------------------------------------
+
+def paper_link(r: Record, prefix: str = "../papers/") -> str:
+    return f"[{md(r.title)}]({prefix}{r.id}.md)"
+
+
+def paper_item(r: Record, prefix: str = "../papers/") -> str:
+    venue = f" · {md(r.venue)}" if r.venue else ""
+    impl = " · :octicons-code-16: runnable" if r.impl else ""
+    return f"- {paper_link(r, prefix)} <small>({r.year}{venue}{impl})</small>"
+
+
+def badges(r: Record) -> str:
+    parts = [f'<span class="atlas-badge atlas-venue">{attr(r.venue or "preprint")}</span>',
+             f'<span class="atlas-badge atlas-year">{r.year}</span>']
+    if r.impl:
+        parts.append(f'<span class="atlas-badge atlas-impl">implementation: {attr(r.impl.fidelity)}</span>')
+    return " ".join(parts)
+
+
+def newest_first(records: list[Record]) -> list[Record]:
+    return sorted(records, key=lambda r: (-r.year, r.title.lower()))
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
+    vocab = vocabulary()
+    lines = [front_matter(r.title, tags=list(r.tags)), f"# {md(r.title)}", "", badges(r), "",
+             f"**Authors:** {md(', '.join(r.authors))}", ""]
+    links = [f"[arXiv {md(r.arxiv)}](https://arxiv.org/abs/{attr(r.arxiv)}){{ .md-button }}"] if r.arxiv else []
+    if str(r.url) != (r.arxiv_url or ""):
+        links.append(f"[Paper]({attr(str(r.url))}){{ .md-button }}")
+    if r.code:
+        links.append(f"[Official code]({attr(str(r.code))}){{ .md-button }}")
+    lines += [" ".join(links), ""]
+    for name in SUMMARY_FIELDS:
+        lines += [f"## {name.capitalize()}", "", md(getattr(r.summary, name)), ""]
+    themes = " · ".join(f"[{md(t)}](../themes/{t}.md)" for t in r.themes)
+    lines += ["## Classification", "", f"**Themes:** {themes}  ",
+              f"**Taxonomy:** [{md(r.taxonomy)}](../taxonomy/{leaf_slug(r.taxonomy)}.md) "
+              f"<small>({md(vocab.taxonomy[r.taxonomy])})</small>  ",
+              f"**Tags:** {', '.join(md(t) for t in r.tags)}", ""]
+    lines += implementation_section(r, data)
+    related = [data.by_id[i] for i in r.related if i in data.by_id]
+    if related:
+        lines += ["## Related papers", "", *[paper_item(x, "") for x in related], ""]
+    similar = [data.by_id[i] for i in data.similar.get(r.id, []) if i in data.by_id and i not in r.related]
+    if similar:
+        lines += ["## Similar papers", "", "<small>Nearest neighbours by the atlas search engine.</small>", "",
+                  *[paper_item(x, "") for x in similar], ""]
+    lines += ["## Cite", "", "```bibtex", bibtex.strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def implementation_section(r: Record, data: SiteData) -> list[str]:
+    if not r.impl:
+        return []
+    info = data.impls.get(r.impl.module, {})
+    name = info.get("name", r.impl.module.rsplit(".", 1)[-1])
+    fidelity = {"exact": "faithful to the paper and its official code",
+                "simplified": "a simplified variant: see the module docstring for what differs",
+                "family": "the closest method of this family, not this paper's own algorithm"}[r.impl.fidelity]
+    lines = ["## Reference implementation", "",
+             f"Module `{r.impl.module}` — fidelity **{r.impl.fidelity}** ({fidelity}).", "",
+             "```bash", f"atlas run {name} --model causal --json", "```", ""]
+    rows = data.results.get(name, [])
+    if rows:
+        lines += results_table(rows)
+    else:
+        lines += ["No measured results yet (`atlas bench` writes them to `results/`).", ""]
+    return lines
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | options | metric | bits/weight | time (s) |", "|---|---|---|---|---|"]
+    for row in rows:
+        metrics = row.get("metrics", {})
+        metric = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                           if k in ("perplexity", "perplexity_fp", "cosine", "retrieval_agreement", "sparsity"))
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
+        bpw = row.get("bits_per_weight")
+        lines.append(f"| {md(str(row.get('model', '')))} | {md(opts)} | {md(metric)} | "
+                     f"{'' if bpw is None else f'{bpw:.3f}'} | {row.get('time_s', 0):.1f} |")
+    return lines + [""]
+
+
+def theme_page(theme: str, data: SiteData) -> str:
+    vocab = vocabulary()
+    members = [r for r in data.records if theme in r.themes]
+    lines = [front_matter(theme.replace("-", " ").capitalize()), f"# {md(theme.replace('-', ' ').capitalize())}", "",
+             md(vocab.themes[theme]), "", f"**{len(members)} papers.**", "", "## Taxonomy", ""]
+    leaves = vocab.taxonomy_tree().get(theme, [])
+    for leaf in leaves:
+        n = sum(r.taxonomy == leaf for r in data.records)
+        lines.append(f"- [{md(leaf)}](../taxonomy/{leaf_slug(leaf)}.md) — {md(vocab.taxonomy[leaf])} ({n})")
+    lines.append("")
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in members:
+        groups[r.taxonomy].append(r)
+    for leaf in leaves + sorted(k for k in groups if k not in leaves):
+        if leaf in groups:
+            heading = md(leaf) if leaf in leaves else f"Also in this theme: {md(leaf)}"
+            lines += [f"## {heading}", ""]
+            for year in sorted({r.year for r in groups[leaf]}, reverse=True):
+                lines += [f"**{year}**", "", *[paper_item(r) for r in newest_first(groups[leaf]) if r.year == year], ""]
+    return "\n".join(lines)
+
+
+def leaf_page(leaf: str, data: SiteData) -> str:
+    vocab = vocabulary()
+    members = newest_first([r for r in data.records if r.taxonomy == leaf])
+    root = leaf.split("/", 1)[0]
+    lines = [front_matter(leaf), f"# {md(leaf)}", "", md(vocab.taxonomy[leaf]), "",
+             f"Part of the theme [{md(root)}](../themes/{root}.md). {len(members)} papers.", ""]
+    for year in sorted({r.year for r in members}, reverse=True):
+        lines += [f"## {year}", "", *[paper_item(r) for r in members if r.year == year], ""]
+    return "\n".join(lines)
+
+
+def taxonomy_page(data: SiteData) -> str:
+    vocab = vocabulary()
+    lines = [front_matter("Taxonomy"), "# Taxonomy", "",
+             "Every paper sits on one leaf of this tree (after the survey arXiv:2308.07633, extended).", ""]
+    for root, leaves in vocab.taxonomy_tree().items():
+        lines += [f"## [{md(root)}](themes/{root}.md)", ""]
+        for leaf in leaves:
+            n = sum(r.taxonomy == leaf for r in data.records)
+            lines.append(f"- [{md(leaf)}](taxonomy/{leaf_slug(leaf)}.md) ({n}) — {md(vocab.taxonomy[leaf])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def years_page(data: SiteData) -> str:
+    lines = [front_matter("Timeline"), "# Timeline", "", "Papers by the year of their first public version.", ""]
+    for year in sorted({r.year for r in data.records}, reverse=True):
+        members = sorted((r for r in data.records if r.year == year), key=lambda r: r.title.lower())
+        lines += [f"## {year} ({len(members)})", "", *[paper_item(r, "papers/") for r in members], ""]
+    return "\n".join(lines)
+
+
+def venue_name(venue: str | None) -> str:
+    if not venue:
+        return "Preprints"
+    words = [w for w in venue.split() if not (w.isdigit() and len(w) == 4)]
+    return " ".join(words) or venue
+
+
+def venues_page(data: SiteData) -> str:
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in data.records:
+        groups[venue_name(r.venue)].append(r)
+    order = sorted(groups, key=lambda v: (v == "Preprints", -len(groups[v]), v))
+    lines = [front_matter("Venues"), "# Venues", "", " · ".join(f"{md(v)} ({len(groups[v])})" for v in order), ""]
+    for venue in order:
+        lines += [f"## {md(venue)}", ""]
+        lines += [paper_item(r, "papers/") for r in newest_first(groups[venue])]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def tags_page() -> str:
+    return "\n".join([front_matter("Tags"), "# Tags", "", "Every tag and the papers that carry it.", "",
+                      "<!-- material/tags -->", ""])
+
+
+def implementations_page(data: SiteData) -> str:
+    lines = [front_matter("Implementations"), "# Reference implementations", "",
+             "Each method is one readable file under `reference_impls/`, run on the project's own small "
+             "causal LM and on the all-MiniLM-L6-v2 sentence encoder. Fidelity says how close it is to "
+             "the paper: **exact**, **simplified** (documented differences) or **family** (the closest "
+             "method of the family).", ""]
+    by_module: dict[str, list[Record]] = defaultdict(list)
+    for r in data.records:
+        if r.impl:
+            by_module[r.impl.module].append(r)
+    if not by_module:
+        lines.append("No implementation is linked from the catalog yet.")
+    for module in sorted(by_module):
+        info = data.impls.get(module, {})
+        name = info.get("name", module.rsplit(".", 1)[-1])
+        lines += [f"## {md(name)}", "", f"`{module}` · papers: " + ", ".join(paper_link(r, "papers/") for r in by_module[module]),
+                  "", "```bash", f"atlas run {name} --model causal", "```", ""]
+        rows = data.results.get(name, [])
+        lines += results_table(rows) if rows else ["No measured results yet.", ""]
+    return "\n".join(lines)
+
+
+def home_page(data: SiteData) -> str:
+    vocab = vocabulary()
+    n_impl = sum(1 for r in data.records if r.impl)
+    n_code = sum(1 for r in data.records if r.code)
+    lines = [front_matter("LLM Compression Atlas"), "# LLM Compression Atlas", "",
+             "A curated, searchable map of the research on compressing large language models — quantization, "
+             "pruning, distillation, low-rank factorization, KV-cache and prompt compression, efficient "
+             "finetuning and benchmarks — with an original one-minute summary of every paper and small, "
+             "tested reference implementations whose results are measured on real models.", "",
+             f'<div class="atlas-counts"><span><b>{len(data.records)}</b> papers</span>'
+             f"<span><b>{len(vocab.themes)}</b> themes</span><span><b>{len(vocab.taxonomy)}</b> taxonomy leaves</span>"
+             f"<span><b>{n_code}</b> with official code</span><span><b>{n_impl}</b> with a reference implementation</span></div>",
+             "", "## Themes", "", '<div class="grid cards" markdown>', ""]
+    for theme, description in vocab.themes.items():
+        n = sum(theme in r.themes for r in data.records)
+        lines += [f"-   **[{md(theme.replace('-', ' ').capitalize())}](themes/{theme}.md)** · {n} papers", "",
+                  "    ---", "", f"    {md(description)}", ""]
+    lines += ["</div>", "", "## Newest additions", ""]
+    newest = sorted(data.records, key=lambda r: (r.added.isoformat() if r.added else "", r.year, r.id), reverse=True)[:10]
+    lines += [paper_item(r, "papers/") for r in newest]
+    lines += ["", "## How to search", "",
+              "- Press `/` or click the search box to search every page offline (titles, summaries, tags).",
+              "- Browse by [theme](themes/quantization.md), [taxonomy](taxonomy.md), [year](years.md), "
+              "[venue](venues.md) or [tag](tags.md); runnable methods are on [Implementations](implementations.md).",
+              "- From a terminal: `atlas search \"prune without retraining using activations\"` ranks papers by "
+              "meaning and keywords; `atlas similar gptq` finds neighbours.", "",
+              "Downloads: [atlas.bib](atlas.bib) (BibTeX) · [atlas.json](atlas.json) (all records).", ""]
+    return "\n".join(lines)
+
+
+def generate_pages(data: SiteData) -> dict[str, str]:
+    """Every generated file of the site, by path relative to the docs dir."""
+    vocab = vocabulary()
+    bib_all = to_bibtex(data.records)
+    keys = citation_keys(data.records)
+    pages = {"index.md": home_page(data), "taxonomy.md": taxonomy_page(data), "years.md": years_page(data),
+             "venues.md": venues_page(data), "tags.md": tags_page(), "implementations.md": implementations_page(data),
+             "atlas.bib": bib_all, "atlas.json": json.dumps(to_json(data.records), indent=1, ensure_ascii=False)}
+    for r in data.records:
+        pages[f"papers/{r.id}.md"] = paper_page(r, data, to_bibtex([r], keys))
+    for theme in vocab.themes:
+        pages[f"themes/{theme}.md"] = theme_page(theme, data)
+    for leaf in vocab.taxonomy:
+        pages[f"taxonomy/{leaf_slug(leaf)}.md"] = leaf_page(leaf, data)
+    return pages

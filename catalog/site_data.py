@@ -1,0 +1,80 @@
+"""What the site needs besides the records: similar papers (cached), implementations, results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from catalog.schema import Record
+from catalog.site import SiteData
+
+log = logging.getLogger("atlas.site")
+SIMILAR_K = 5
+
+
+def records_hash(records: list[Record]) -> str:
+    blob = json.dumps([r.model_dump(mode="json") for r in sorted(records, key=lambda r: r.id)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def similar_papers(records: list[Record], cache_dir: Path) -> dict[str, list[str]]:
+    """id -> ids of the most similar records, from catalog.search, cached by content hash."""
+    cache = cache_dir / f"similar-{records_hash(records)}.json"
+    if cache.exists():
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # a damaged cache is recomputed
+    try:
+        from catalog.search import Searcher
+    except ImportError:
+        log.warning("catalog.search unavailable: pages show no similar papers")
+        return {}
+    searcher = Searcher(records, cache_dir=cache_dir)
+    result = {r.id: [hit.id if hasattr(hit, "id") else hit["id"] for hit in searcher.similar(r.id, top_k=SIMILAR_K)]
+              for r in records}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob("similar-*.json"):
+        old.unlink(missing_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(cache)
+    return result
+
+
+def load_results(results_dir: Path) -> dict[str, list[dict]]:
+    """results/*.json -> method name -> run records (a file holds one record or a list of them)."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("skipping unreadable results file %s", path)
+            continue
+        rows = data if isinstance(data, list) else data.get("runs", [data]) if isinstance(data, dict) else []
+        for row in rows:
+            if isinstance(row, dict) and "method" in row and "metrics" in row:
+                out.setdefault(row["method"], []).append(row)
+    return out
+
+
+def implementations() -> dict[str, dict]:
+    """impl module -> registry info ({"name", ...}), when the registry can be read."""
+    try:
+        from reference_impls.common.registry import list_methods
+    except ImportError:
+        return {}
+    try:
+        return {m["module"]: m for m in list_methods() if "module" in m}
+    except Exception as exc:  # the site must build even if a method fails to import
+        log.warning("could not list implementations: %s", exc)
+        return {}
+
+
+def site_data(records: list[Record], root: Path) -> SiteData:
+    cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
+    similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
+    return SiteData(records=records, similar=similar, impls=implementations(), results=load_results(root / "results"))
