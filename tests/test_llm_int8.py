@@ -1,0 +1,65 @@
+"""LLM.int8(): vector-wise int8 by hand, exact reduction without outliers, wins with outliers."""
+
+import torch
+from torch import nn
+
+from reference_impls.quantization.llm_int8 import Int8Linear, int8_vectorwise_matmul, llm_int8_matmul
+
+
+def test_vectorwise_int8_by_hand():
+    x = torch.tensor([[1.0, -2.0, 0.3], [0.5, 4.0, -1.0]])
+    w = torch.tensor([[2.0, 1.0, -0.7], [-1.0, 3.0, 0.1]])
+    want = torch.empty(2, 2, dtype=torch.float64)
+    for i in range(2):
+        cx = 127 / x[i].abs().max().item()
+        for j in range(2):
+            cw = 127 / w[j].abs().max().item()
+            acc = sum(round(x[i, k].item() * cx) * round(w[j, k].item() * cw) for k in range(3))
+            want[i, j] = acc / (cx * cw)
+    assert torch.allclose(int8_vectorwise_matmul(x, w).double(), want, atol=1e-6)
+
+
+def test_without_outliers_equals_plain_vectorwise_int8():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 256, generator=g).clamp(-5.9, 5.9)
+    w = torch.randn(64, 256, generator=g) * 0.05
+    y, outliers = llm_int8_matmul(x, w, threshold=6.0)
+    assert not outliers.any()
+    assert torch.equal(y, int8_vectorwise_matmul(x, w))
+
+
+def outlier_activations(seed, n=64, d=512, k=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    cols = torch.randperm(d, generator=g)[:k]
+    # large models' systematic outlier features: a few channels 10-60x the rest, in every token
+    x[:, cols] *= torch.linspace(10, 60, k)
+    return x, cols
+
+
+def test_outlier_decomposition_beats_naive_int8_by_a_wide_margin():
+    x, cols = outlier_activations(1)
+    w = torch.randn(256, 512, generator=torch.Generator().manual_seed(2)) * 0.05
+    ref = x.double() @ w.double().T
+    naive = int8_vectorwise_matmul(x, w)
+    mixed, outliers = llm_int8_matmul(x, w, threshold=6.0)
+    assert set(outliers.nonzero().flatten().tolist()) >= set(cols.tolist())
+    err_naive = (naive - ref).norm() / ref.norm()
+    err_mixed = (mixed - ref).norm() / ref.norm()
+    assert err_mixed < err_naive / 5
+    assert err_mixed < 0.01
+    # the paper's literal form (16-bit weights for outlier columns) is at least as accurate
+    mixed16, _ = llm_int8_matmul(x, w, threshold=6.0, fp16_weights=True)
+    assert (mixed16 - ref).norm() / ref.norm() < 0.01
+
+
+def test_int8_linear_module_and_outlier_fraction():
+    x, cols = outlier_activations(3, d=128, k=4)
+    lin = nn.Linear(128, 32)
+    mod = Int8Linear(lin, threshold=6.0)
+    y = mod(x.reshape(2, 32, 128))
+    y_ref, outliers = llm_int8_matmul(x, lin.weight.detach(), threshold=6.0)
+    assert torch.allclose(y.reshape(64, 32), y_ref + lin.bias.detach(), atol=1e-6)
+    assert mod.outlier_fraction == outliers.sum().item() / 128
+    with torch.no_grad():
+        assert (y - lin(x.reshape(2, 32, 128))).norm() / lin(x).norm() < 0.01
