@@ -1,0 +1,40 @@
+"""Similar papers are computed once per catalog content, then read from the cache."""
+
+import sys
+import types
+
+from catalog.load import load_records
+from catalog.site_data import load_results, similar_papers
+from tests.catalog_fixtures import two_good
+
+
+class CountingSearcher:
+    instances = 0
+
+    def __init__(self, records, cache_dir=None):
+        CountingSearcher.instances += 1
+        self.ids = [r.id for r in records]
+
+    def similar(self, record_id, top_k=5):
+        return [{"id": i} for i in self.ids if i != record_id][:top_k]
+
+
+def test_similar_is_not_recomputed_when_nothing_changed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "catalog.search", types.SimpleNamespace(Searcher=CountingSearcher))
+    CountingSearcher.instances = 0
+    papers = two_good(tmp_path / "papers")
+    records = load_records(papers)
+    first = similar_papers(records, tmp_path / "cache")
+    second = similar_papers(load_records(papers), tmp_path / "cache")
+    assert first == second == {"alpha": ["beta"], "beta": ["alpha"]}
+    assert CountingSearcher.instances == 1
+    (papers / "beta.yaml").write_text((papers / "beta.yaml").read_text().replace("A test paper", "A changed paper"))
+    similar_papers(load_records(papers), tmp_path / "cache")
+    assert CountingSearcher.instances == 2
+
+
+def test_load_results_accepts_records_and_lists(tmp_path):
+    (tmp_path / "a.json").write_text('{"method": "rtn", "metrics": {"perplexity": 3.0}}')
+    (tmp_path / "b.json").write_text('[{"method": "gptq", "metrics": {}}, {"nope": 1}]')
+    (tmp_path / "c.json").write_text("{broken")
+    assert sorted(load_results(tmp_path)) == ["gptq", "rtn"]
