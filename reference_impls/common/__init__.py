@@ -1,0 +1,1 @@
+"""Shared machinery of the reference implementations (see README.md beside this file)."""

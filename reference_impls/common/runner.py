@@ -1,0 +1,140 @@
+"""Run one registered method (or an `a+b` composition) on one model and return its result record.
+
+The record is the JSON object of `atlas run --json` (DESIGN §3):
+`{"method", "model", "options", "metrics", "bits_per_weight", "params", "time_s", "env"}`;
+`time_s` is the wall time of the compression itself (calibration capture included, evaluation not).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference_impls.common import data, evaluate, layerwise, registry
+from reference_impls.common.models import LoadedModel, load_model
+from reference_impls.common.storage import StorageLedger
+
+
+@dataclass
+class RunContext:
+    """Everything a method's model-level entry needs; methods never load or evaluate models."""
+
+    loaded: LoadedModel
+    calib_samples: int = 128
+    seed: int = 0
+    ledger: StorageLedger = field(default_factory=StorageLedger)
+    progress: Callable[[int, int], None] | None = None
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def adapter(self):
+        return self.loaded.adapter
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    @cached_property
+    def calibration(self) -> list[dict[str, torch.Tensor]]:
+        """Calibration batches, drawn once per run (methods that need none never pay for them)."""
+        return data.calibration(self.loaded, n_samples=self.calib_samples, seed=self.seed)
+
+    def walk(self, process_block: Callable[[layerwise.BlockContext], None], *, stats=("hessian",)) -> None:
+        layerwise.walk_blocks(self.model, self.adapter, self.calibration, process_block, stats=stats,
+                              progress=self.progress)
+
+    def map_linears(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+        layerwise.map_linears(self.model, self.adapter, fn)
+
+
+def split_options(methods: list[registry.Method], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each method's keyword arguments: its defaults overridden by the given options it declares."""
+    known = {k for m in methods for k in m.options}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        valid = ", ".join("--" + k.replace("_", "-") for k in sorted(known)) or "(none)"
+        raise ValueError(f"unknown option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)} for "
+                         f"{'+'.join(m.name for m in methods)}; valid: {valid}")
+    return [{**m.defaults(), **{k: v for k, v in options.items() if k in m.options}} for m in methods]
+
+
+_REFERENCE_CACHE: dict[tuple, Any] = {}
+
+
+def _reference(loaded: LoadedModel, *, eval_windows: int | None, papers_dir: str | Path):
+    """Uncompressed-model evaluation, cached per process (a benchmark grid reloads the same model)."""
+    key = (loaded.name, str(loaded.device), eval_windows, str(papers_dir))
+    if key not in _REFERENCE_CACHE:
+        if loaded.kind == "causal":
+            windows = data.heldout_windows(loaded, max_windows=eval_windows)
+            _REFERENCE_CACHE[key] = (windows, evaluate.perplexity(loaded.model, windows))
+        else:
+            _REFERENCE_CACHE[key] = evaluate.encoder_reference(loaded, papers_dir)
+    return _REFERENCE_CACHE[key]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; process-wide
+
+
+def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib_samples: int = 128,
+               seed: int = 0, save: str | Path | None = None, eval_windows: int | None = None,
+               papers_dir: str | Path = "papers", options: dict[str, Any] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Load `model`, compress it with `method` ("a+b" applies a then b), evaluate, return the record."""
+    methods = [registry.get(name) for name in method.split("+")]
+    per_method = split_options(methods, options or {})
+    torch.manual_seed(seed)
+    loaded = load_model(model, device)
+    if loaded.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(loaded.device)
+    ref = _reference(loaded, eval_windows=eval_windows, papers_dir=papers_dir)
+
+    ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, progress=progress)
+    method_metrics: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for m, kwargs in zip(methods, per_method, strict=True):
+        method_metrics.update(m.apply(ctx, **kwargs) or {})
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize(loaded.device)
+    time_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if loaded.kind == "causal":
+        windows, ppl_fp = ref
+        metrics = {"perplexity": evaluate.perplexity(loaded.model, windows), "perplexity_fp": ppl_fp,
+                   "eval_windows": int(windows.shape[0]), "eval_tokens": int(windows.numel())}
+    else:
+        metrics = evaluate.evaluate_encoder(loaded, ref)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    metrics.update(method_metrics)
+    metrics.update(eval_time_s=time.perf_counter() - t1, peak_memory_mb=_peak_memory_mb(loaded.device),
+                   model_bits_per_param=ctx.ledger.model_bits(params) / params,
+                   compressed_weights=ctx.ledger.n_weights)
+
+    if save is not None:
+        # De-quantized (fake-quantized) weights in Hugging Face format: any HF loader reads them back.
+        loaded.model.save_pretrained(Path(save), safe_serialization=True)
+        loaded.tokenizer.save_pretrained(Path(save))
+
+    merged_options = {k: v for kw in per_method for k, v in kw.items()}
+    return {
+        "method": method, "model": model, "options": merged_options, "metrics": metrics,
+        "bits_per_weight": ctx.ledger.bits_per_weight(), "params": params, "time_s": time_s,
+        "env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(loaded.device),
+                "threads": torch.get_num_threads(), "calib_samples": calib_samples, "seed": seed,
+                "machine": platform.machine()},
+    }

@@ -1,0 +1,79 @@
+"""True storage cost of a compressed model, in bits.
+
+Conventions (stated once so every method counts the same way):
+- an uncompressed weight costs 16 bits (fp16/bf16 storage, the baseline every paper compares to);
+- a quantized weight costs `bits`; each quantization group stores a 16-bit scale per output row,
+  plus a `bits`-bit integer zero point when asymmetric (symmetric grids have a fixed zero);
+- a sparse matrix stores its kept values at their own bit width plus its mask: 1 bit per position
+  for an unstructured bitmap, ceil(log2(C(M, N))) bits per group of M for an N:M pattern;
+- `bits_per_weight` is over the compressed layers' weights (the figure papers quote, e.g. 4-bit
+  g128 ≈ 4.16); `model_bits_per_param` spreads everything, embeddings and norms at 16 bits, over all
+  parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SCALE_BITS = 16
+DENSE_BITS = 16
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    return 1 if group_size in (-1, 0) or group_size >= in_features else math.ceil(in_features / group_size)
+
+
+def quantized_bits(out_features: int, in_features: int, *, bits: int, group_size: int = -1, sym: bool = False) -> int:
+    """Bits to store one quantized (out, in) matrix: payload + per-group scales (+ zero points)."""
+    groups = n_groups(in_features, group_size)
+    overhead = out_features * groups * (SCALE_BITS + (0 if sym else bits))
+    return out_features * in_features * bits + overhead
+
+
+def sparse_bits(out_features: int, in_features: int, *, nonzeros: int, value_bits: int = DENSE_BITS,
+                prune_n: int = 0, prune_m: int = 0) -> int:
+    """Bits for a pruned matrix: kept values plus a bitmap, or N:M index metadata."""
+    numel = out_features * in_features
+    if prune_n and prune_m:
+        mask_bits = math.ceil(numel / prune_m) * math.ceil(math.log2(math.comb(prune_m, prune_n)))
+    else:
+        mask_bits = numel
+    return nonzeros * value_bits + mask_bits
+
+
+@dataclass
+class StorageLedger:
+    """Per-layer record of what each compressed matrix costs; methods add one entry per layer."""
+
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (n_weights, bits)
+
+    def add(self, name: str, n_weights: int, bits: int) -> None:
+        self.layers[name] = (n_weights, bits)
+
+    def add_quantized(self, name: str, out_features: int, in_features: int, *, bits: int,
+                      group_size: int = -1, sym: bool = False) -> None:
+        self.add(name, out_features * in_features,
+                 quantized_bits(out_features, in_features, bits=bits, group_size=group_size, sym=sym))
+
+    def add_sparse(self, name: str, out_features: int, in_features: int, *, nonzeros: int,
+                   value_bits: int = DENSE_BITS, prune_n: int = 0, prune_m: int = 0) -> None:
+        self.add(name, out_features * in_features,
+                 sparse_bits(out_features, in_features, nonzeros=nonzeros, value_bits=value_bits,
+                             prune_n=prune_n, prune_m=prune_m))
+
+    @property
+    def n_weights(self) -> int:
+        return sum(n for n, _ in self.layers.values())
+
+    @property
+    def bits(self) -> int:
+        return sum(b for _, b in self.layers.values())
+
+    def bits_per_weight(self) -> float:
+        """Over the compressed layers; 16.0 when nothing was compressed."""
+        return self.bits / self.n_weights if self.n_weights else float(DENSE_BITS)
+
+    def model_bits(self, total_params: int) -> int:
+        """All parameters: ledger entries at their cost, everything else dense."""
+        return self.bits + (total_params - self.n_weights) * DENSE_BITS

@@ -1,0 +1,194 @@
+"""Train the project's small causal LM (`make model`) from nothing, reproducibly, on CPU.
+
+Corpus: the .py sources of this interpreter's standard library, split by top-level module into
+train / calibration / held-out (reference_impls.common.corpus). The script trains a byte-level BPE
+tokenizer on the training part, then a Llama-architecture model (grouped-query attention, RMSNorm,
+SwiGLU, RoPE), evaluates held-out perplexity next to a unigram baseline, and writes safetensors,
+tokenizer and model card to models/causal-lm/.
+
+    .venv/bin/python scripts/train_causal_lm.py            # the committed model
+    .venv/bin/python scripts/train_causal_lm.py --steps 20 --out /tmp/probe   # a timing probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference_impls.common import corpus  # noqa: E402
+
+DEFAULT_OUT = corpus.SPLIT_DIR
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resplit", action="store_true", help="Draw a new train/calibration/held-out split.")
+    return p.parse_args()
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    # Byte-level: every byte sequence is representable, and runs of indentation become single tokens.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[corpus.EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def encode_stream(tok: Tokenizer, texts: list[str]) -> torch.Tensor:
+    """One token stream: documents joined by the end-of-text token (the document boundary)."""
+    eos = tok.token_to_id(corpus.EOS_TOKEN)
+    ids: list[int] = []
+    for enc in tok.encode_batch(texts):
+        ids.extend(enc.ids)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10%
+
+
+@torch.no_grad()
+def perplexity(model: LlamaForCausalLM, stream: torch.Tensor, context: int, batch: int = 16) -> float:
+    """exp(mean NLL) over fixed non-overlapping windows (the same protocol as evaluate.py)."""
+    n = stream.numel() // context
+    windows = stream[: n * context].view(n, context)  # (n_windows, context)
+    model.eval()
+    nll, count = 0.0, 0
+    for i in range(0, n, batch):
+        x = windows[i : i + batch]
+        logits = model(x).logits[:, :-1].float()  # (b, context-1, vocab)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
+        nll += loss.item()
+        count += x[:, 1:].numel()
+    return math.exp(nll / count)
+
+
+def unigram_perplexity(train: torch.Tensor, heldout: torch.Tensor, context: int, vocab: int) -> float:
+    """Add-one smoothed unigram model from training counts, scored on the same predicted positions."""
+    counts = torch.bincount(train, minlength=vocab).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    n = heldout.numel() // context
+    targets = heldout[: n * context].view(n, context)[:, 1:].reshape(-1)
+    return math.exp(-logp[targets].mean().item())
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+
+    files = corpus.stdlib_files()
+    if args.resplit or not corpus.HELDOUT_LIST.exists():
+        corpus.write_split(*corpus.make_split(files, seed=args.seed))
+    texts = {part: [corpus.read_text(f.path) for f in corpus.split_files(part, files)] for part in ("train", "calibration", "heldout")}
+    print({k: (len(v), sum(map(len, v))) for k, v in texts.items()}, "files/chars per part", flush=True)
+
+    tok = train_tokenizer(texts["train"], args.vocab_size)
+    streams = {part: encode_stream(tok, t) for part, t in texts.items()}
+    print({k: v.numel() for k, v in streams.items()}, "tokens per part", flush=True)
+
+    eos = tok.token_to_id(corpus.EOS_TOKEN)
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=args.context, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    train = streams["train"]
+    model.train()
+    t_train = time.time()
+    bar = tqdm(range(args.steps), desc="train", mininterval=10 if not sys.stderr.isatty() else 0.1)
+    ema = None
+    for step in bar:
+        starts = torch.randint(0, train.numel() - args.context - 1, (args.batch,), generator=gen)
+        x = torch.stack([train[s : s + args.context] for s in starts.tolist()])  # (batch, context)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if step % 250 == 0:
+            print(f"step {step} loss {ema:.4f} elapsed {time.time() - t_train:.0f}s", flush=True)
+    train_s = time.time() - t_train
+
+    model.eval()
+    ppl = perplexity(model, streams["heldout"], args.context)
+    uni = unigram_perplexity(train, streams["heldout"], args.context, config.vocab_size)
+    print(f"held-out perplexity {ppl:.2f}, unigram baseline {uni:.2f}", flush=True)
+    prompt = "def read_lines(path):\n"
+    ids = torch.tensor([tok.encode(prompt).ids])
+    out = model.generate(ids, max_new_tokens=80, do_sample=False, pad_token_id=eos)
+    sample = tok.decode(out[0].tolist())
+    print(sample, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=corpus.EOS_TOKEN, bos_token=corpus.EOS_TOKEN,
+                                     pad_token=corpus.EOS_TOKEN, model_max_length=args.context)
+    hf_tok.save_pretrained(args.out)
+    stats = {
+        "params": n_params, "config": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "files": {k: len(v) for k, v in texts.items()}, "chars": {k: sum(map(len, v)) for k, v in texts.items()},
+        "tokens": {k: v.numel() for k, v in streams.items()}, "heldout_perplexity": ppl, "unigram_perplexity": uni,
+        "train_seconds": train_s, "total_seconds": time.time() - t_start, "final_train_loss_ema": ema,
+        "python": platform.python_version(), "torch": torch.__version__, "sample_prompt": prompt, "sample": sample,
+    }
+    (args.out / "training_stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
+    print(json.dumps({k: v for k, v in stats.items() if k != "sample"}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
