@@ -218,3 +218,76 @@ def bench(
         from reference_impls.common.bench import run_bench
 
         run_bench(methods)
+
+
+@app.command()
+def add(
+    arxiv_id: str = typer.Argument(..., metavar="ARXIV_ID", help="arXiv id without version, e.g. 2210.17323."),
+    record_id: str | None = typer.Option(None, "--id", help="Record id (default: from the title)."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Draft papers/<id>.yaml from arXiv metadata (title, authors, year, url).
+
+    The summary, themes, taxonomy and tags are left as TODO for you to write; `atlas validate`
+    fails until they are. Example: atlas add 2210.17323 --id gptq
+    """
+    from catalog.enrich import MetadataError, draft_record, fetch_arxiv, slug_for
+    from catalog.load import load_catalog
+    from catalog.schema import SLUG
+
+    directory = papers_dir(papers)
+    if not directory.is_dir():
+        raise fail(f"catalog directory {directory} not found")
+    existing = load_catalog(directory, checks=False)
+    clash = next((r.id for r in existing.records if r.arxiv == arxiv_id), None)
+    if clash:
+        raise fail(f"arXiv {arxiv_id} is already in the catalog as '{clash}'")
+    try:
+        meta = fetch_arxiv(arxiv_id)
+    except MetadataError as exc:
+        raise fail(str(exc), code=1 if "no paper" in str(exc) or "not an arXiv id" in str(exc) else 2) from None
+    rid = record_id or slug_for(meta.title)
+    if not SLUG.match(rid):
+        raise fail(f"--id: '{rid}' is not a slug (lower-case letters, digits, '-')")
+    target = directory / f"{rid}.yaml"
+    if target.exists():
+        raise fail(f"{target} already exists; choose another --id")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(draft_record(meta, rid), encoding="utf-8")
+    tmp.replace(target)
+    err.print(f"wrote {target}: fill in summary, themes, taxonomy and tags, then run atlas validate", highlight=False)
+
+
+@app.command()
+def enrich(
+    ids: list[str] = typer.Argument(None, help="Record ids (default: every record without a venue)."),
+    write: bool = typer.Option(False, "--write", help="Update the records' venue lines in place."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Look up published venues in OpenAlex for preprint records; print or --write them.
+
+    Example: atlas enrich quarot shortgpt --write
+    """
+    from catalog.enrich import MetadataError, openalex_venue, set_venue
+
+    records = {r.id: r for r in records_or_exit(papers)}
+    unknown = [i for i in ids or [] if i not in records]
+    if unknown:
+        raise fail(f"no record '{unknown[0]}'{suggest(unknown[0], records)}")
+    targets = [records[i] for i in ids] if ids else [r for r in records.values() if r.venue is None and r.arxiv]
+    table = Table(title="venues found in OpenAlex")
+    for col in ("id", "current", "OpenAlex"):
+        table.add_column(col)
+    for r in targets:
+        try:
+            venue = openalex_venue(r.arxiv) if r.arxiv else None
+        except MetadataError as exc:
+            err.print(f"{r.id}: {exc}", highlight=False)
+            continue
+        table.add_row(r.id, r.venue or "—", venue or "—")
+        if write and venue and venue != r.venue:
+            path = papers_dir(papers) / f"{r.id}.yaml"
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(set_venue(path.read_text(encoding="utf-8"), venue), encoding="utf-8")
+            tmp.replace(path)
+    out.print(table)
