@@ -1,0 +1,164 @@
+"""SmoothQuant: migrating activation outliers into the weights for W8A8 quantization.
+
+Paper: "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models"
+(Xiao, Lin, Seznec, Wu, Demouth, Han, arXiv 2211.10438), section 4.
+
+Activations of large LLMs have a few channels with outliers 100x the rest, so per-tensor (or even
+per-token) int8 activations lose the other channels; weights are easy to quantize. SmoothQuant
+divides each input channel j of the activation by s_j and multiplies the matching weight column by
+s_j, an exact equivalent transform Y = (X diag(s)⁻¹)(diag(s) Wᵀ), with (eq. 4)
+
+    s_j = max|X_j|^α / max|W_j|^(1-α),   α = 0.5 by default (the migration strength),
+
+where max|X_j| is taken over calibration tokens and max|W_j| over the output channels of all the
+linears that read X. diag(s)⁻¹ is folded into the preceding normalisation's weight (and bias),
+so the smoothed model has no extra operation.
+
+Implemented: smoothing factors, the fold into a LayerNorm/RMSNorm that feeds q/k/v or the MLP's
+first linears (the inputs the paper smooths), and simulated W8A8 for every linear: per-output-channel
+symmetric int8 weights; activations int8 symmetric per token (dynamic), per tensor (dynamic) or per
+tensor with a static scale calibrated after smoothing (the paper's O1-O3 levels differ in these).
+Not implemented: int8 quantization of the attention BMM inputs, real int8 kernels (CUTLASS/FasterTransformer).
+
+Fidelity: exact for the transform and the fake-quantization; simplified in that only the linear
+layers (not the attention matmuls) compute in int8.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INT8_MAX = 127
+
+
+# ---------------------------------------------------------------- pure core
+def smoothing_factors(
+    act_absmax: torch.Tensor, weights: list[torch.Tensor], *, alpha: float = 0.5
+) -> torch.Tensor:
+    """s (in,) from per-channel activation maxima (in,) and the weights (out_i, in) reading them."""
+    w_absmax = torch.cat([w.abs() for w in weights], dim=0).amax(dim=0)  # (in,)
+    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.float().clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def quantize_weight_per_channel(weight: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
+    """Symmetric absmax fake-quantization with one scale per output row."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = weight.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / qmax  # (out, 1)
+    return (torch.round(weight / scale).clamp(-qmax, qmax) * scale).to(weight.dtype)
+
+
+def quantize_activation(
+    x: torch.Tensor, *, granularity: str = "token", bits: int = 8, static_absmax: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric absmax fake-quantization of activations (..., in).
+
+    granularity "token": one scale per token (row); "tensor": one dynamic scale for the whole tensor;
+    "static": the per-tensor scale from `static_absmax`, fixed at calibration time (values beyond it clip).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    if granularity == "token":
+        absmax = x.abs().amax(dim=-1, keepdim=True)
+    elif granularity == "tensor":
+        absmax = x.abs().amax()
+    elif granularity == "static":
+        if static_absmax is None:
+            raise ValueError("static activation quantization needs a calibrated static_absmax")
+        absmax = static_absmax.to(x.device)
+    else:
+        raise ValueError(f"granularity must be 'token', 'tensor' or 'static', not {granularity!r}")
+    scale = absmax.clamp(min=1e-8) / qmax
+    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+
+
+class W8A8Linear(nn.Module):
+    """A Linear whose weight is int8 per-channel and whose input is int8-quantized at each call."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        act_granularity: str = "token",
+        bits: int = 8,
+        static_absmax: torch.Tensor | None = None,
+        quantize_weight: bool = True,
+    ):
+        super().__init__()
+        w = (
+            quantize_weight_per_channel(weight.detach().float(), bits=bits)
+            if quantize_weight
+            else weight.detach()
+        )
+        self.register_buffer("weight", w.to(weight.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("static_absmax", static_absmax)
+        self.act_granularity, self.bits = act_granularity, bits
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = quantize_activation(
+            x.float(), granularity=self.act_granularity, bits=self.bits, static_absmax=self.static_absmax
+        ).to(x.dtype)
+        return nn.functional.linear(xq, self.weight, self.bias)
+
+
+def fold_smoothing(norm: nn.Module, linears: list[nn.Module], s: torch.Tensor) -> None:
+    """norm.weight /= s (and its bias), each linear's weight columns *= s: outputs are unchanged."""
+    from reference_impls.common.adapters import get_weight, set_weight
+
+    with torch.no_grad():
+        norm.weight.div_(s.to(norm.weight.dtype))
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(s.to(norm.bias.dtype))
+        for lin in linears:
+            set_weight(lin, get_weight(lin).float() * s[None, :])
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A LayerNorm or RMSNorm-like module: an elementwise weight of the feature size, no matmul."""
+    w = getattr(module, "weight", None)
+    return w is not None and w.dim() == 1 and not isinstance(module, nn.Linear)
+
+
+# ---------------------------------------------------------------- block level (shared layer walk)
+def smooth_block(bctx, *, alpha: float = 0.5) -> int:
+    """Fold smoothing factors into every norm -> linears group of one block; returns groups smoothed.
+
+    `bctx` is a reference_impls.common.layerwise.BlockContext with `act_max` statistics.
+    """
+    done = 0
+    for group in bctx.adapter.input_groups:
+        if group.prev is None or not is_norm(bctx.block.get_submodule(group.prev)):
+            continue  # the paper smooths the inputs of q/k/v and of the MLP's first linears only
+        act_max = bctx.stats[group.linears[0]].act_max  # the group's linears share this input
+        s = smoothing_factors(act_max, [bctx.weight(n) for n in group.linears], alpha=alpha)
+        fold_smoothing(bctx.block.get_submodule(group.prev), [bctx.linears[n] for n in group.linears], s)
+        done += 1
+    return done
+
+
+def quantize_block_w8a8(
+    bctx, *, act_granularity: str = "token", bits: int = 8, quantize_weight: bool = True
+) -> dict[str, W8A8Linear]:
+    """Replace every linear of the block by a W8A8Linear; static scales come from the block's inputs now."""
+    static: dict[str, torch.Tensor] = {}
+    if act_granularity == "static":
+        captured = bctx.linear_inputs(bctx.linears)
+        static = {n: torch.stack([x.abs().amax() for x in xs]).amax() for n, xs in captured.items()}
+    replaced = {}
+    for name, lin in list(bctx.linears.items()):
+        weight = bctx.weight(name)
+        new = W8A8Linear(
+            weight,
+            getattr(lin, "bias", None),
+            act_granularity=act_granularity,
+            bits=bits,
+            static_absmax=static.get(name),
+            quantize_weight=quantize_weight,
+        )
+        bctx.block.set_submodule(name, new)
+        bctx.linears[name] = new
+        replaced[name] = new
+    return replaced
