@@ -1,0 +1,147 @@
+"""Physical surgery on Llama-family decoders, shared by the structured pruners.
+
+Structured pruning only pays off when matrices get smaller, so these helpers replace `nn.Linear`
+modules by smaller ones (never masks): removing whole key/value groups of attention heads (their
+query heads, keys, values and the matching columns of `o_proj`), removing MLP channels (rows of
+`gate_proj`/`up_proj`, columns of `down_proj`), and removing whole decoder layers. Grouped-query
+attention constrains head removal to whole KV groups, so every remaining query head keeps its key
+and value head and `num_key_value_groups` stays valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not hasattr(layers[0], "self_attn") or not hasattr(layers[0].mlp, "gate_proj"):
+        raise ValueError("structured pruning here supports Llama-family decoders (q/k/v/o, gate/up/down)")
+    return layers
+
+
+def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
+    W = linear.weight.data
+    W = W if rows is None else W[rows]
+    W = W if cols is None else W[:, cols]
+    bias = linear.bias
+    new = nn.Linear(W.shape[1], W.shape[0], bias=bias is not None, device=W.device, dtype=W.dtype)
+    new.weight.data.copy_(W)
+    if bias is not None:
+        new.bias.data.copy_(bias.data if rows is None else bias.data[rows])
+    return new
+
+
+def kv_groups(attn: nn.Module) -> tuple[int, int, int]:
+    """(number of KV groups, query heads per group, head dim) of a Llama attention module."""
+    head_dim = attn.head_dim
+    n_kv = attn.k_proj.out_features // head_dim
+    return n_kv, attn.num_key_value_groups, head_dim
+
+
+def keep_attention_groups(attn: nn.Module, keep: torch.Tensor) -> None:
+    """Keep the KV groups whose indices are in `keep` (ascending), removing the rest physically."""
+    n_kv, q_per_kv, hd = kv_groups(attn)
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if keep.numel() == 0:
+        raise ValueError("at least one KV group must remain in every layer")
+    kv_rows = (keep.unsqueeze(1) * hd + torch.arange(hd)).flatten()  # (kept·hd,)
+    q_heads = (keep.unsqueeze(1) * q_per_kv + torch.arange(q_per_kv)).flatten()
+    q_rows = (q_heads.unsqueeze(1) * hd + torch.arange(hd)).flatten()
+    attn.q_proj = _sliced_linear(attn.q_proj, q_rows, None)
+    attn.k_proj = _sliced_linear(attn.k_proj, kv_rows, None)
+    attn.v_proj = _sliced_linear(attn.v_proj, kv_rows, None)
+    attn.o_proj = _sliced_linear(attn.o_proj, None, q_rows)
+
+
+def keep_mlp_channels(mlp: nn.Module, keep: torch.Tensor) -> None:
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if keep.numel() == 0:
+        raise ValueError("at least one MLP channel must remain in every layer")
+    mlp.gate_proj = _sliced_linear(mlp.gate_proj, keep, None)
+    mlp.up_proj = _sliced_linear(mlp.up_proj, keep, None)
+    mlp.down_proj = _sliced_linear(mlp.down_proj, None, keep)
+
+
+def add_output_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+    """Add `bias` (out,) to a linear layer's output, creating the bias parameter if it has none."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(
+            torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=bias.device)
+        )
+    linear.bias.data += bias.to(linear.bias.dtype)
+
+
+def remove_layers(model: nn.Module, drop: Iterable[int]) -> None:
+    """Delete whole decoder layers and renumber the rest (the KV cache indexes layers by position)."""
+    layers = decoder_layers(model)
+    drop = set(int(i) for i in drop)
+    kept = [layer for i, layer in enumerate(layers) if i not in drop]
+    if not kept:
+        raise ValueError("cannot remove every layer")
+    model.model.layers = nn.ModuleList(kept)
+    for i, layer in enumerate(kept):
+        layer.self_attn.layer_idx = i
+    cfg = model.config
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in drop]
+    cfg.num_hidden_layers = len(kept)
+
+
+def count_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+@torch.no_grad()
+def run_with_hooks(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]],
+) -> None:
+    """Run `model` on token batches, calling hook(input, output) of each module on every batch."""
+    handles = [m.register_forward_hook(lambda _m, a, out, fn=fn: fn(a[0], out)) for m, fn in hooks.items()]
+    try:
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class InputStats:
+    """Running per-feature mean, variance and squared norm of a module's input over tokens."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum: torch.Tensor | None = None
+        self.sumsq: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, _out: torch.Tensor = None) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()  # (tokens, features)
+        if self.sum is None:
+            self.sum, self.sumsq = x.sum(0), (x * x).sum(0)
+        else:
+            self.sum += x.sum(0)
+            self.sumsq += (x * x).sum(0)
+        self.n += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.sum / self.n).float()
+
+    @property
+    def var(self) -> torch.Tensor:  # unbiased, as FLAP's running estimate
+        return ((self.sumsq - self.sum**2 / self.n) / max(self.n - 1, 1)).clamp_min(0).float()
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sumsq.sqrt().float()
