@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reference_impls.common.registry import Option, register
+
 
 @dataclass(frozen=True)
 class FloatFormat:
@@ -127,7 +129,9 @@ def fp_encode(x: torch.Tensor, fmt: str | FloatFormat, *, saturate: bool = True)
     if f.has_inf:
         code = torch.where(torch.isinf(a), torch.full_like(code, all_ones_exp), code)
     if f.has_nan:
-        nan_code = all_ones_exp | (2**f.man_bits - 1) if not f.has_inf else all_ones_exp | (1 << (f.man_bits - 1))
+        nan_code = (
+            all_ones_exp | (2**f.man_bits - 1) if not f.has_inf else all_ones_exp | (1 << (f.man_bits - 1))
+        )
         code = torch.where(torch.isnan(a), torch.full_like(code, nan_code), code)
     return code | (sign << (f.bits - 1))
 
@@ -174,3 +178,67 @@ def fp8_bits_per_element(fmt: str = "e4m3", *, granularity: str = "channel", in_
     """Storage cost of an FP8 weight: 8 bits plus one float32 scale per row (or per tensor)."""
     scale_bits = 32.0 / in_features if granularity == "channel" else 0.0
     return get_format(fmt).bits + scale_bits
+
+
+# ---------------------------------------------------------------- model level
+class SimulatedLinear(torch.nn.Module):
+    """A Linear computing with a fake-quantized weight and, optionally, fake-quantized inputs."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act_quant=None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.act_quant = act_quant  # callable x -> fake-quantized x, or None
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def replace_linears(ctx, make_weight, act_quant, bits_of) -> int:
+    """Swap every block linear for a SimulatedLinear; record `bits_of(out, in)` in the ledger."""
+    from reference_impls.common.adapters import get_weight
+
+    n = 0
+    for i, block in enumerate(ctx.adapter.blocks(ctx.model)):
+        for name, lin in ctx.adapter.linears(block).items():
+            w = get_weight(lin).detach().float()
+            new = SimulatedLinear(make_weight(w).to(lin.weight.dtype), getattr(lin, "bias", None), act_quant)
+            block.set_submodule(name, new)
+            ctx.ledger.add(f"{ctx.adapter.blocks_path}.{i}.{name}", w.numel(), bits_of(*w.shape))
+            n += 1
+    return n
+
+
+@register(
+    "fp8",
+    family="formats",
+    papers=["fp8-formats"],
+    fidelity="exact",
+    summary="Simulated FP8 (E4M3 / E5M2) weights with per-channel scales and FP8 activations",
+    options={
+        "fmt": Option("e4m3", "FP8 format of weights and activations", choices=("e4m3", "e5m2")),
+        "act_granularity": Option(
+            "tensor",
+            "activation scale: per tensor or per token, or none (weight-only)",
+            choices=("tensor", "token", "none"),
+        ),
+    },
+)
+def run_fp8(ctx, *, fmt, act_granularity) -> dict:
+    act = None
+    if act_granularity != "none":
+
+        def act(x):
+            return fp8_quantize(x, fmt=fmt, granularity=act_granularity)
+
+    # FP8 payload + one float32 scale per output row
+    n = replace_linears(
+        ctx,
+        lambda w: fp8_quantize(w, fmt=fmt, granularity="channel"),
+        act,
+        lambda out_f, in_f: 8 * out_f * in_f + 32 * out_f,
+    )
+    return {"quantized_linears": n}

@@ -27,11 +27,13 @@ Fidelity: exact for the storage formats.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from reference_impls.formats.fp8 import FloatFormat, fp_quantize, get_format
+from reference_impls.common.registry import Option, register
+from reference_impls.formats.fp8 import FloatFormat, fp_quantize, get_format, replace_linears
 
 SCALE_BITS = 8  # E8M0
 SCALE_EMAX = 127  # exponents outside [-127, 127] are not representable in E8M0
@@ -108,7 +110,9 @@ def mx_encode(x: torch.Tensor, fmt: str | MXFormat = "mxfp4", *, block_size: int
     return _quantize_elements(blocks / torch.exp2(shared_exp), f), shared_exp
 
 
-def mx_quantize(x: torch.Tensor, fmt: str | MXFormat = "mxfp4", *, block_size: int | None = None) -> torch.Tensor:
+def mx_quantize(
+    x: torch.Tensor, fmt: str | MXFormat = "mxfp4", *, block_size: int | None = None
+) -> torch.Tensor:
     """Fake-quantize x to an MX format along its last dimension; returns x's shape and dtype."""
     f = get_mx_format(fmt)
     n = x.shape[-1]
@@ -120,3 +124,32 @@ def mx_quantize(x: torch.Tensor, fmt: str | MXFormat = "mxfp4", *, block_size: i
 def mx_bits_per_element(fmt: str | MXFormat = "mxfp4", *, block_size: int | None = None) -> float:
     f = get_mx_format(fmt)
     return f.element_bits + SCALE_BITS / (block_size or f.block_size)
+
+
+# ---------------------------------------------------------------- model level
+@register(
+    "mx",
+    family="formats",
+    papers=["mx-formats"],
+    fidelity="exact",
+    summary="Simulated OCP Microscaling formats (MXFP4/6/8, MXINT8): 32-element blocks, shared E8M0 scale",
+    options={
+        "fmt": Option("mxfp4", "MX element format", choices=tuple(MX_FORMATS)),
+        "activations": Option(True, "also quantize each linear's input (both matmul operands in MX)"),
+    },
+)
+def run_mx(ctx, *, fmt, activations) -> dict:
+    f = get_mx_format(fmt)
+
+    def act(x):
+        return mx_quantize(x, f)
+
+    n = replace_linears(
+        ctx,
+        lambda w: mx_quantize(w, f),
+        act if activations else None,
+        lambda out_f, in_f: (
+            out_f * in_f * f.element_bits + out_f * math.ceil(in_f / f.block_size) * SCALE_BITS
+        ),
+    )
+    return {"quantized_linears": n}

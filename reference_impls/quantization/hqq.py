@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reference_impls.common.registry import Option, register
+
 
 @dataclass
 class HQQResult:
@@ -118,3 +120,38 @@ def hqq_bits_per_weight(in_features: int, *, bits: int = 4, group_size: int = 64
     """b bits per weight plus a 16-bit scale and a 16-bit zero per group."""
     g = in_features if group_size in (-1, None) else group_size
     return bits + 32 / g
+
+
+# ---------------------------------------------------------------- model level
+@register(
+    "hqq",
+    family="quantization",
+    papers=["hqq"],
+    fidelity="exact",
+    summary="Calibration-free zero-point optimisation of an lp (p<1) error by half-quadratic splitting",
+    options={
+        "bits": Option(4, "bits per weight", choices=(2, 3, 4, 8)),
+        "group_size": Option(64, "weights per group along the input"),
+        "lp_norm": Option(0.7, "p of the sparsity-promoting loss (p < 1)"),
+        "beta": Option(10.0, "initial half-quadratic penalty"),
+        "kappa": Option(1.01, "penalty growth per iteration"),
+        "iters": Option(20, "maximum iterations"),
+    },
+)
+def run_hqq(ctx, *, bits, group_size, lp_norm, beta, kappa, iters) -> dict:
+    used: list[int] = []
+
+    def quantize(name: str, w: torch.Tensor) -> torch.Tensor:
+        r = hqq_quantize_detailed(
+            w, bits=bits, group_size=group_size, lp_norm=lp_norm, beta=beta, kappa=kappa, iters=iters
+        )
+        used.append(len(r.trace))
+        ctx.ledger.add(
+            name,
+            w.numel(),
+            round(w.numel() * hqq_bits_per_weight(w.shape[1], bits=bits, group_size=group_size)),
+        )
+        return r.weight
+
+    ctx.map_linears(quantize)
+    return {"iterations_mean": sum(used) / max(1, len(used))}

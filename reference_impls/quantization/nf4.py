@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch.special import ndtri
 
+from reference_impls.common.registry import Option, register
+
 # The published NF4 levels (QLoRA appendix; identical to bitsandbytes' NF4 table).
 NF4_LEVELS = torch.tensor(
     [
@@ -155,3 +157,26 @@ def nf4_bits_per_weight(
     if not double_quant:
         return (4 * numel + 32 * n_blocks) / numel
     return (4 * numel + 8 * n_blocks + 32 * math.ceil(n_blocks / dq_block_size) + 32) / numel
+
+
+# ---------------------------------------------------------------- model level
+@register(
+    "nf4",
+    family="quantization",
+    papers=["qlora"],
+    fidelity="exact",
+    summary="QLoRA's 4-bit NormalFloat, block 64, with double quantization of the absmax constants",
+    options={
+        "block_size": Option(64, "weights per absmax block"),
+        "double_quant": Option(True, "quantize the absmax constants to 8 bits (block 256)"),
+        "dq_block_size": Option(256, "absmax constants per second-level block"),
+    },
+)
+def run_nf4(ctx, *, block_size, double_quant, dq_block_size) -> dict:
+    def quantize(name: str, w: torch.Tensor) -> torch.Tensor:
+        state = nf4_encode(w, block_size=block_size, double_quant=double_quant, dq_block_size=dq_block_size)
+        ctx.ledger.add(name, w.numel(), state.bits())
+        return nf4_decode(state, w.dtype)
+
+    ctx.map_linears(quantize)
+    return {}

@@ -1,0 +1,285 @@
+"""AWQ: activation-aware weight quantization.
+
+Paper: "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration" (Lin, Tang,
+Tang, Yang, Chen, Wang, Xiao, Dang, Gan, Han; arXiv 2306.00978), section 3.
+
+A few input channels carry much larger activations; their weights matter most. Instead of keeping
+them in higher precision, AWQ scales each input channel j of the weight up by s_j before
+quantization and the activation down by s_j, Q(W·diag(s))·(diag(s)⁻¹X), which shrinks the relative
+rounding error of salient channels. The scales are searched on a grid (eq. 5):
+
+    s = s_X^α,  s_X = mean_t |X_t,:| (the average activation magnitude per channel),
+    α* = argmin_{α ∈ {0, 1/20, ..., 19/20}} ‖f(W, X) - f(Q(W·diag(s))·diag(s)⁻¹, X)‖²,
+
+with s normalised by sqrt(max(s)·min(s)) as in the official code, where f is the transformer block
+the linears belong to. diag(s)⁻¹ is folded into the operator that produces X (the preceding
+norm, or the preceding linear's output rows). Then a clipping search per linear and per group picks
+the weight range max|w|·(1 - i/20), i < 10, that minimises the group's output error on a sample of
+512 calibration tokens (skipped for q/k, whose errors the softmax amplifies, as in the official code).
+
+Implemented: the pure core (`awq_search_scale`, `awq_clip_search`, `awq_quantize` for one linear) and
+a model-level entry running, per block of the shared layer walk: scale search on the block's output
+for every input group whose producer can absorb the scale (norm -> q/k/v, norm -> gate/up,
+up -> down, and v -> o when their shapes match, i.e. no grouped-query attention), folding, clipping,
+then round-to-nearest on the project's grid (asymmetric min-max, group 128 by default).
+
+Not implemented / differences: the official code walks the model with the scaled but still
+unquantized blocks and quantizes at the end; the shared walk here feeds the next block the output of
+the already-quantized block (the GPTQ scheme). The search uses the first `search_samples`
+calibration sequences for speed. No packed int4 kernels (de-quantized weights are stored in float).
+
+Fidelity: exact for the search and clipping; the min-max grid includes zero (the project's RTN
+grid), whereas the official pseudo-quantizer does not force zero into the range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from reference_impls.common.registry import Option, register
+
+Quantizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rtn_quantizer(*, bits: int, group_size: int, sym: bool = False) -> Quantizer:
+    """The project's shared round-to-nearest grid, as a one-argument quantizer."""
+    from reference_impls.quantization.rtn import rtn_quantize
+
+    return lambda w: rtn_quantize(w, bits=bits, group_size=group_size, sym=sym)
+
+
+# ---------------------------------------------------------------- pure core
+def awq_scales(act_mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s = s_X^α, normalised so that max(s)·min(s) = 1 (the official code's normalisation)."""
+    s = act_mean_abs.float().pow(alpha).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+@dataclass
+class ScaleSearch:
+    scales: torch.Tensor  # (in,)
+    alpha: float
+    errors: list[float] = field(default_factory=list)  # block error for α = 0, 1/n_grid, ...
+
+
+def awq_search_scale(
+    weights: list[torch.Tensor],
+    act_mean_abs: torch.Tensor,
+    block_error: Callable[[list[torch.Tensor]], float],
+    *,
+    quantize: Quantizer,
+    n_grid: int = 20,
+) -> ScaleSearch:
+    """Grid search of α; `block_error(effective weights)` is the block's output error when the
+    group's linears compute with those (out_i, in) weights (Q(W·s)/s is what they compute with)."""
+    best = None
+    errors = []
+    for r in range(n_grid):
+        alpha = r / n_grid
+        s = awq_scales(act_mean_abs, alpha)
+        effective = [quantize(w * s) / s for w in weights]
+        errors.append(float(block_error(effective)))
+        if best is None or errors[-1] < best[0]:
+            best = (errors[-1], alpha, s)
+    return ScaleSearch(scales=best[2], alpha=best[1], errors=errors)
+
+
+def awq_clip_search(
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    quantize: Quantizer,
+    group_size: int = 128,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+    n_sample_tokens: int = 512,
+    out_batch: int = 64,
+) -> torch.Tensor:
+    """Per (output row, group) clipping threshold (out, n_groups) minimising the group's partial
+    output error Σ_t (x_t,g · (w_g - Q(clip(w_g))))² over sampled tokens."""
+    out_features, in_features = weight.shape
+    g = in_features if group_size in (-1, None) else group_size
+    x = x.reshape(-1, in_features)
+    x = x[:: max(1, x.shape[0] // n_sample_tokens)][:n_sample_tokens].float()  # (t, in)
+    xg = x.reshape(1, x.shape[0], -1, g)  # (1, t, n_groups, g)
+    best_max = []
+    for o in range(0, out_features, out_batch):  # rows in batches: (rows, t, groups, g) is large
+        w = weight[o : o + out_batch].float().reshape(-1, 1, in_features // g, g)  # (rows, 1, groups, g)
+        org_out = (xg * w).sum(-1)  # (rows, t, groups)
+        org_max = w.abs().amax(-1, keepdim=True)  # (rows, 1, groups, 1)
+        best_err = torch.full(org_max.shape, float("inf"))
+        best = org_max.clone()
+        for i in range(int(max_shrink * n_grid)):
+            max_val = org_max * (1 - i / n_grid)
+            clipped = torch.clamp(w, -max_val, max_val)
+            q = quantize(clipped.reshape(-1, in_features)).reshape(w.shape)
+            err = ((xg * q).sum(-1) - org_out).pow(2).mean(1).reshape(best_err.shape)  # (rows, 1, groups, 1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, max_val, best)
+        best_max.append(best.reshape(w.shape[0], -1))
+    return torch.cat(best_max)  # (out, n_groups)
+
+
+def apply_clip(weight: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch.Tensor:
+    out_features, in_features = weight.shape
+    g = in_features if group_size in (-1, None) else group_size
+    w = weight.reshape(out_features, -1, g)
+    m = max_val[..., None]
+    return torch.clamp(w, -m, m).reshape(out_features, in_features)
+
+
+def awq_quantize(
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    sym: bool = False,
+    n_grid: int = 20,
+    clip: bool = True,
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """AWQ for one linear whose own output is the "block": returns Q(clip(W·s))/s (out, in).
+
+    x: calibration inputs (n, in). alpha fixes α instead of searching (alpha=0, clip=False is RTN).
+    """
+    quantize = rtn_quantizer(bits=bits, group_size=group_size, sym=sym)
+    W = weight.float()
+    X = x.reshape(-1, W.shape[1]).float()
+    ref = X @ W.T
+
+    def block_error(ws):
+        return (X @ ws[0].T - ref).pow(2).mean().item()
+
+    act = X.abs().mean(0)
+    if alpha is None:
+        s = awq_search_scale([W], act, block_error, quantize=quantize, n_grid=n_grid).scales
+    else:
+        s = awq_scales(act, alpha)
+    Ws = W * s
+    if clip:
+        Ws = apply_clip(
+            Ws,
+            awq_clip_search(Ws, X / s, quantize=quantize, group_size=group_size, n_grid=n_grid),
+            group_size,
+        )
+    return (quantize(Ws) / s).to(weight.dtype)
+
+
+# ---------------------------------------------------------------- model level
+def _foldable(bctx, group) -> bool:
+    """Can the producer of this group's input absorb diag(s)⁻¹?"""
+    if group.prev is None:
+        return False
+    if group.prev in bctx.linears:  # a linear: its output rows must be exactly this input's channels
+        return bctx.weight(group.prev).shape[0] == bctx.weight(group.linears[0]).shape[1]
+    w = getattr(bctx.block.get_submodule(group.prev), "weight", None)
+    return w is not None and w.dim() == 1  # a LayerNorm / RMSNorm
+
+
+def _fold(bctx, group, s: torch.Tensor) -> None:
+    prev = bctx.block.get_submodule(group.prev)
+    with torch.no_grad():
+        if group.prev in bctx.linears:
+            bctx.set_weight(group.prev, bctx.weight(group.prev) / s[:, None])
+        else:
+            prev.weight.div_(s.to(prev.weight.dtype))
+        if getattr(prev, "bias", None) is not None:
+            prev.bias.div_(s.to(prev.bias.dtype))
+    for name in group.linears:
+        bctx.set_weight(name, bctx.weight(name) * s[None, :])
+
+
+def awq_block(
+    bctx, *, bits: int, group_size: int, sym: bool, n_grid: int, clip: bool, search_samples: int
+) -> dict[str, float]:
+    """Scale search, folding, clipping and quantization of one block (BlockContext with act_mean_abs)."""
+    quantize = rtn_quantizer(bits=bits, group_size=group_size, sym=sym)
+    n_seq, k = 0, 0
+    while k < len(bctx.inputs) and n_seq < search_samples:
+        n_seq += bctx.inputs[k].shape[0]
+        k += 1
+
+    def run_subset() -> torch.Tensor:
+        with torch.no_grad():
+            outs = [bctx.block(x, **kw) for x, kw in zip(bctx.inputs[:k], bctx.kwargs[:k], strict=True)]
+        return torch.cat([o[0] if isinstance(o, tuple) else o for o in outs])
+
+    reference = run_subset()
+    alphas = {}
+    searches = []
+    for group in bctx.adapter.input_groups:
+        if not _foldable(bctx, group):
+            continue
+        originals = [bctx.weight(n) for n in group.linears]
+
+        def block_error(effective, names=group.linears, originals=originals):
+            for n, w in zip(names, effective, strict=True):
+                bctx.set_weight(n, w)
+            err = (run_subset() - reference).float().pow(2).mean().item()
+            for n, w in zip(names, originals, strict=True):
+                bctx.set_weight(n, w)
+            return err
+
+        act = bctx.stats[group.linears[0]].act_mean_abs
+        result = awq_search_scale(originals, act, block_error, quantize=quantize, n_grid=n_grid)
+        searches.append((group, result.scales))
+        alphas[group.linears[0]] = result.alpha
+    for group, s in searches:  # all scales come from the unscaled block, then are applied together
+        _fold(bctx, group, s)
+    if clip:
+        names = [n for n in bctx.linears if not n.rsplit(".", 1)[-1].startswith(("q_", "k_", "query", "key"))]
+        inputs = bctx.linear_inputs(names)
+        for name in names:
+            W = bctx.weight(name)
+            X = torch.cat([x.reshape(-1, W.shape[1]) for x in inputs[name]])
+            max_val = awq_clip_search(W, X, quantize=quantize, group_size=group_size, n_grid=n_grid)
+            bctx.set_weight(name, apply_clip(W, max_val, group_size))
+        del inputs
+    for name in bctx.linears:
+        bctx.set_weight(name, quantize(bctx.weight(name)))
+    return alphas
+
+
+@register(
+    "awq",
+    family="quantization",
+    papers=["awq"],
+    fidelity="exact",
+    summary="Activation-aware per-channel scaling searched on block output, clipping, then RTN",
+    options={
+        "bits": Option(4, "bits per weight", choices=(2, 3, 4, 8)),
+        "group_size": Option(128, "weights per quantization group along the input (-1 = whole row)"),
+        "sym": Option(False, "symmetric grid (no zero point)"),
+        "n_grid": Option(20, "grid points for alpha in [0, 1)"),
+        "clip": Option(True, "run the weight clipping search"),
+        "search_samples": Option(32, "calibration sequences used by the scale search"),
+    },
+)
+def run_awq(ctx, *, bits, group_size, sym, n_grid, clip, search_samples) -> dict:
+    alphas: list[float] = []
+
+    def process(bctx):
+        alphas.extend(
+            awq_block(
+                bctx,
+                bits=bits,
+                group_size=group_size,
+                sym=sym,
+                n_grid=n_grid,
+                clip=clip,
+                search_samples=search_samples,
+            ).values()
+        )
+        for name in bctx.linears:
+            out_f, in_f = bctx.weight(name).shape
+            ctx.ledger.add_quantized(
+                f"{bctx.name}.{name}", out_f, in_f, bits=bits, group_size=group_size, sym=sym
+            )
+
+    ctx.walk(process, stats=("act_mean_abs",))
+    return {"alpha_mean": sum(alphas) / max(1, len(alphas)), "scaled_groups": len(alphas)}
