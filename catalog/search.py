@@ -1,0 +1,316 @@
+"""Search over the catalog: dense (MiniLM + faiss), keyword (BM25) and their fusion.
+
+`Searcher` is the one API that the CLI and the site use. It is built from validated records; the
+embedding model is loaded at most once per Searcher and only when a query needs it. Filters are
+applied before ranking is cut to top-k, so a filter never hides a hit that a deeper list would
+have had. The defaults below (mode, pooling, fusion) are the ones `catalog.search_bench` measured
+best on the tuning part of `tests/data/search_eval.jsonl`; the figures are in results/search.json.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from catalog.index import FIELDS, MAX_TOKENS, DenseIndex, QueryEncoder, load_or_build
+from catalog.schema import Record
+from catalog.vocabulary import suggest, vocabulary
+
+MODES = ("hybrid", "dense", "bm25")
+DEFAULT_MODE = "hybrid"
+DEFAULT_CACHE = Path(".atlas")
+EXACT_LIMIT = 20_000  # up to this many records every list is ranked in full (fusion is then exact)
+LONG_QUERY_CHARS = 600  # beyond this, check whether the dense part had to cut the query
+
+
+class QueryError(ValueError):
+    """Bad input from the user (exit 1)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Choices measured by search_bench; the defaults are the measured best."""
+
+    pooling: str = "mean"  # mean of the field vectors, or "max": a record scores by its best field
+    field_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0)  # FIELDS order, for "mean"
+    fusion: str = "rrf"  # reciprocal-rank fusion, or "score": weighted sum of max-normalized scores
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0  # bm25 weight is 1
+    title_repeat: int = 2  # BM25: title and tags counted this many times (a cheap field boost)
+
+
+@dataclass(frozen=True)
+class Filters:
+    themes: tuple[str, ...] = ()  # any of these
+    taxonomy: str | None = None  # a path prefix by whole segments: "pruning" or "quantization/ptq"
+    year_from: int | None = None
+    year_to: int | None = None
+    venue: str | None = None  # case-insensitive substring; "preprint" matches records without venue
+    has_code: bool | None = None
+    has_impl: bool | None = None
+
+    def check(self) -> None:
+        vocab = vocabulary()
+        for theme in self.themes:
+            if theme not in vocab.themes:
+                raise QueryError(f"unknown theme '{theme}'{suggest(theme, vocab.themes)}")
+        if self.taxonomy is not None:
+            prefixes = {"/".join(leaf.split("/")[:i]) for leaf in vocab.taxonomy for i in range(1, leaf.count("/") + 2)}
+            if self.taxonomy.strip("/") not in prefixes:
+                raise QueryError(f"unknown taxonomy path '{self.taxonomy}'{suggest(self.taxonomy, sorted(prefixes))}")
+        if self.year_from is not None and self.year_to is not None and self.year_from > self.year_to:
+            raise QueryError(f"--year-from {self.year_from} is after --year-to {self.year_to}")
+
+    def active(self) -> bool:
+        return self != Filters()
+
+    def accepts(self, r: Record) -> bool:
+        tax = self.taxonomy.strip("/") if self.taxonomy else None
+        venue = (self.venue or "").casefold()
+        return ((not self.themes or any(t in r.themes for t in self.themes))
+                and (tax is None or r.taxonomy == tax or r.taxonomy.startswith(tax + "/"))
+                and (self.year_from is None or r.year >= self.year_from)
+                and (self.year_to is None or r.year <= self.year_to)
+                and (not venue or (venue in r.venue.casefold() if r.venue else venue == "preprint"))
+                and (self.has_code is None or (r.code is not None) == self.has_code)
+                and (self.has_impl is None or (r.impl is not None) == self.has_impl))
+
+
+@dataclass
+class Hit:
+    record: Record
+    score: float
+
+    def to_json(self) -> dict:
+        r = self.record
+        return {"id": r.id, "title": r.title, "year": r.year, "venue": r.venue, "themes": r.themes,
+                "arxiv": r.arxiv, "url": str(r.url), "score": round(float(self.score), 6),
+                "impl": r.impl.model_dump() if r.impl else None}
+
+
+# -- keyword side -------------------------------------------------------------------------------------
+
+_HYPHENATED = re.compile(r"\w+(?:[-:/]\w+)+")
+_TOKEN = re.compile(r"\w+")
+_STOPWORDS = frozenset("""a an and are as at be been but by can do does for from has have how i if in into is it
+its not of on or our such than that the their them then there these they this those to using via was we were what
+when where which while who why will with without paper papers method methods approach""".split()) - {"without"}
+
+
+def _stem(word: str) -> str:
+    # Plurals, -ing/-ed and a final e only: enough for weights/weight, prune/pruned/pruning and
+    # quantize/quantized; dense search covers the rest of the morphology.
+    if len(word) <= 4 or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        word = word[:-3] + "y"
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is", "as")):
+        word = word[:-1]
+    elif word.endswith("ing") and len(word) > 6:
+        word = word[:-3]
+    elif word.endswith("ed") and len(word) > 5:
+        word = word[:-2]
+    return word[:-1] if word.endswith("e") and len(word) > 4 else word
+
+
+def keyword_tokens(text: str) -> list[str]:
+    """Lower-case word tokens; "kv-cache" also yields "kvcache", "2:4" also "2_4"-style joins."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    joined = [m.group(0) for m in _HYPHENATED.finditer(text)]
+    words = _TOKEN.findall(text) + [re.sub(r"[-:/]", "", w) for w in joined]
+    return [_stem(w) for w in words if w not in _STOPWORDS]
+
+
+def keyword_text(r: Record, title_repeat: int) -> str:
+    s = r.summary
+    head = " ".join([r.title, " ".join(r.tags), r.id]) + " "
+    return " ".join([head * title_repeat, " ".join(r.authors), " ".join(r.themes), r.taxonomy,
+                     r.venue or "", s.problem, s.method, s.results, s.limitations])
+
+
+# -- the searcher -------------------------------------------------------------------------------------
+
+@dataclass
+class Searcher:
+    records: Sequence[Record]
+    cache_dir: Path | None = DEFAULT_CACHE
+    progress: bool = True
+    log: Callable[[str], None] = lambda message: None
+    config: SearchConfig = field(default_factory=SearchConfig)
+    dense: DenseIndex | None = None  # given directly by benchmarks (synthetic vectors)
+    encoder: object | None = None  # anything with encode(text) -> unit vector
+
+    def __post_init__(self) -> None:
+        self.records = list(self.records)
+        self.position = {r.id: i for i, r in enumerate(self.records)}
+        self._faiss = None
+        self._bm25 = None
+        self._blas = None
+
+    # -- lazy parts: nothing heavy happens until a query needs it --
+    def dense_index(self) -> DenseIndex:
+        if self.dense is None:
+            self.dense = load_or_build(self.records, self.cache_dir, progress=self.progress, log=self.log)
+        if self.dense.ids != [r.id for r in self.records]:
+            raise ValueError("the dense index does not belong to these records")
+        return self.dense
+
+    def record_vectors(self) -> np.ndarray:
+        """(n, dim) unit vectors: the records' fields pooled as configured (mean pooling)."""
+        fields = self.dense_index().fields  # (n, F, dim)
+        w = np.asarray(self.config.field_weights, dtype=np.float32)[None, :, None]
+        pooled = (fields * w).sum(1)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def _faiss_index(self):
+        if self._faiss is None:
+            import faiss
+
+            rows = (self.dense_index().fields.reshape(-1, self.dense_index().fields.shape[2])
+                    if self.config.pooling == "max" else self.record_vectors())
+            self._faiss = faiss.IndexFlatIP(rows.shape[1])  # exact: flat measured fast enough at 100k
+            self._faiss.add(np.ascontiguousarray(rows, dtype=np.float32))
+        return self._faiss
+
+    def _bm25_index(self):
+        if self._bm25 is None:
+            import bm25s
+
+            self._bm25 = bm25s.BM25()
+            self._bm25.index([keyword_tokens(keyword_text(r, self.config.title_repeat)) or [""] for r in self.records],
+                             show_progress=False)
+        return self._bm25
+
+    def _encode(self, text: str) -> np.ndarray:
+        if self.encoder is None:
+            self.encoder = QueryEncoder()
+        if self._blas is None:
+            try:  # one BLAS thread: tiny matrices, and the 2 shared cores thrash with more
+                from threadpoolctl import ThreadpoolController
+
+                self._blas = ThreadpoolController()
+            except ImportError:
+                self._blas = False
+        if self._blas:
+            with self._blas.limit(limits=1, user_api="blas"):
+                return self.encoder.encode(text)
+        return self.encoder.encode(text)
+
+    # -- ranking --
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        if filters is None or not filters.active():
+            return None
+        return np.fromiter((filters.accepts(r) for r in self.records), dtype=bool, count=len(self.records))
+
+    def _depth(self, top_k: int) -> int:
+        return len(self.records) if len(self.records) <= EXACT_LIMIT else max(200, 10 * top_k)
+
+    def dense_ranking(self, vector: np.ndarray, allowed: np.ndarray | None, depth: int) -> list[tuple[int, float]]:
+        import faiss
+
+        index = self._faiss_index()
+        per_record = len(FIELDS) if self.config.pooling == "max" else 1
+        params, n_allowed = None, len(self.records)
+        if allowed is not None:
+            n_allowed = int(allowed.sum())
+            if n_allowed == 0:
+                return []
+            rows = np.repeat(allowed, per_record)
+            bitmap = np.packbits(rows, bitorder="little")
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bitmap)))
+        k = min(depth, n_allowed) * per_record
+        scores, rows_found = index.search(vector[None, :].astype(np.float32), k, params=params)
+        ranking: dict[int, float] = {}
+        for row, score in zip(rows_found[0], scores[0], strict=True):
+            if row >= 0:
+                ranking.setdefault(int(row) // per_record, float(score))  # sorted: the first is the max
+        return list(ranking.items())[:depth]
+
+    def bm25_ranking(self, tokens: list[str], allowed: np.ndarray | None, depth: int) -> list[tuple[int, float]]:
+        bm25 = self._bm25_index()
+        ids = bm25.get_tokens_ids(tokens)
+        if not ids:
+            return []
+        scores = bm25.get_scores_from_ids(ids)
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        candidates = np.flatnonzero(scores > 0)
+        if len(candidates) > depth:
+            candidates = candidates[np.argpartition(-scores[candidates], depth - 1)[:depth]]
+        order = candidates[np.argsort(-scores[candidates], kind="stable")]
+        return [(int(i), float(scores[i])) for i in order]
+
+    def fuse(self, dense: list[tuple[int, float]], bm25: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        c = self.config
+        fused: dict[int, float] = {}
+        if c.fusion == "rrf":
+            for weight, ranking in ((c.dense_weight, dense), (1.0, bm25)):
+                for rank, (i, _) in enumerate(ranking, start=1):
+                    fused[i] = fused.get(i, 0.0) + weight / (c.rrf_k + rank)
+        else:
+            for weight, ranking in ((c.dense_weight, dense), (1.0, bm25)):
+                top = max((s for _, s in ranking), default=0.0)
+                for i, s in ranking:
+                    fused[i] = fused.get(i, 0.0) + weight * (s / top if top > 0 else 0.0)
+        return sorted(fused.items(), key=lambda item: -item[1])
+
+    # -- public API --
+    def search(self, query: str, top_k: int = 10, mode: str = DEFAULT_MODE, filters: Filters | None = None) -> list[Hit]:
+        """The top_k records for a free-text query, best first."""
+        query = clean_query(query)
+        check_top(top_k)
+        if mode not in MODES:
+            raise QueryError(f"unknown mode '{mode}'{suggest(mode, MODES)} (choose {', '.join(MODES)})")
+        if filters is not None:
+            filters.check()
+        allowed = self._allowed(filters)
+        depth = self._depth(top_k)
+        dense = self.dense_ranking(self._encode(query), allowed, depth) if mode != "bm25" else []
+        keyword = self.bm25_ranking(keyword_tokens(query), allowed, depth) if mode != "dense" else []
+        ranking = dense if mode == "dense" else keyword if mode == "bm25" else self.fuse(dense, keyword)
+        return [Hit(self.records[i], score) for i, score in ranking[:top_k]]
+
+    def similar(self, record_id: str, top_k: int = 10, filters: Filters | None = None) -> list[Hit]:
+        """The records closest in meaning to one record (itself excluded)."""
+        check_top(top_k)
+        if record_id not in self.position:
+            raise QueryError(f"no record '{record_id}'{suggest(record_id, self.position)}")
+        if filters is not None:
+            filters.check()
+        allowed = self._allowed(filters)
+        allowed = np.ones(len(self.records), dtype=bool) if allowed is None else allowed.copy()
+        me = self.position[record_id]
+        allowed[me] = False
+        ranking = self.dense_ranking(self.record_vectors()[me], allowed, self._depth(top_k))
+        return [Hit(self.records[i], score) for i, score in ranking[:top_k]]
+
+    def notes(self, query: str) -> list[str]:
+        """What the user should know about how a query was read (printed on stderr by the CLI)."""
+        if len(query) <= LONG_QUERY_CHARS:
+            return []
+        if self.encoder is None:
+            self.encoder = QueryEncoder()
+        n = self.encoder.token_count(query)
+        if n <= MAX_TOKENS:
+            return []
+        return [f"the query has {n} word pieces; the semantic part reads the first {MAX_TOKENS} (the model's limit), "
+                "the keyword part reads all of it"]
+
+
+def clean_query(query: str) -> str:
+    # Control characters (a pasted PDF, a terminal escape) carry no meaning and confuse the tokenizer.
+    query = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in query)
+    query = " ".join(query.split())
+    if not query:
+        raise QueryError("the query is empty; search by idea (\"prune without retraining\") or keyword (\"kv cache 2-bit\")")
+    return query
+
+
+def check_top(top_k: int) -> None:
+    if top_k < 1:
+        raise QueryError(f"--top must be at least 1 (got {top_k})")
