@@ -38,7 +38,7 @@ class SearchConfig:
 
     pooling: str = "mean"  # mean of the field vectors, or "max": a record scores by its best field
     field_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0)  # FIELDS order, for "mean"
-    fusion: str = "rrf"  # reciprocal-rank fusion, or "score": weighted sum of max-normalized scores
+    fusion: str = "score"  # weighted sum of max-normalized scores; "minmax"; "rrf" (reciprocal rank)
     rrf_k: float = 60.0
     dense_weight: float = 1.0  # bm25 weight is 1
     title_repeat: int = 2  # BM25: title and tags counted this many times (a cheap field boost)
@@ -252,11 +252,15 @@ class Searcher:
             for weight, ranking in ((c.dense_weight, dense), (1.0, bm25)):
                 for rank, (i, _) in enumerate(ranking, start=1):
                     fused[i] = fused.get(i, 0.0) + weight / (c.rrf_k + rank)
-        else:
+        else:  # "score": max-normalized, "minmax": min-max normalized scores, weighted sum
             for weight, ranking in ((c.dense_weight, dense), (1.0, bm25)):
-                top = max((s for _, s in ranking), default=0.0)
+                if not ranking:
+                    continue
+                top = max(s for _, s in ranking)
+                low = min(s for _, s in ranking) if c.fusion == "minmax" else 0.0
+                span = top - low
                 for i, s in ranking:
-                    fused[i] = fused.get(i, 0.0) + weight * (s / top if top > 0 else 0.0)
+                    fused[i] = fused.get(i, 0.0) + weight * ((s - low) / span if span > 0 else 1.0)
         return sorted(fused.items(), key=lambda item: -item[1])
 
     # -- public API --
