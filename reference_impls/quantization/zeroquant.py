@@ -41,9 +41,11 @@ def groupwise_quantize(weight: torch.Tensor, *, bits: int = 8, group_size: int =
     out_features, in_features = weight.shape
     g = in_features if group_size in (-1, None) else group_size
     qmax = 2 ** (bits - 1) - 1
-    w = weight.float().reshape(out_features, -1, g)  # (out, n_groups, g)
+    pad = (-in_features) % g  # a short last group: zero padding leaves its absmax unchanged
+    w = nn.functional.pad(weight.float(), (0, pad)).reshape(out_features, -1, g)  # (out, n_groups, g)
     scale = w.abs().amax(-1, keepdim=True).clamp(min=1e-8) / qmax
-    return (torch.round(w / scale).clamp(-qmax, qmax) * scale).reshape(weight.shape).to(weight.dtype)
+    q = (torch.round(w / scale).clamp(-qmax, qmax) * scale).reshape(out_features, -1)[:, :in_features]
+    return q.to(weight.dtype)
 
 
 def tokenwise_quantize(x: torch.Tensor, *, bits: int = 8) -> torch.Tensor:
@@ -164,7 +166,7 @@ def lkd_block(
         ),
         "group_size": Option(64, "weights per quantization group along the input (-1 = whole row)"),
         "lkd_steps": Option(0, "layer-by-layer distillation steps per block (0 = off)"),
-        "lkd_lr": Option(1e-4, "Adam learning rate of LKD"),
+        "lkd_lr": Option(3e-5, "Adam learning rate of LKD"),
     },
 )
 def run_zeroquant(ctx, *, scheme, group_size, lkd_steps, lkd_lr) -> dict:
