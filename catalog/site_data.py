@@ -33,9 +33,8 @@ def similar_papers(records: list[Record], cache_dir: Path) -> dict[str, list[str
     except ImportError:
         log.warning("catalog.search unavailable: pages show no similar papers")
         return {}
-    searcher = Searcher(records, cache_dir=cache_dir)
-    result = {r.id: [hit.id if hasattr(hit, "id") else hit["id"] for hit in searcher.similar(r.id, top_k=SIMILAR_K)]
-              for r in records}
+    searcher = Searcher(records, cache_dir=cache_dir, progress=False)
+    result = {r.id: [hit.record.id for hit in searcher.similar(r.id, top_k=SIMILAR_K)] for r in records}
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("similar-*.json"):
         old.unlink(missing_ok=True)
@@ -61,20 +60,29 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def implementations() -> dict[str, dict]:
-    """impl module -> registry info ({"name", ...}), when the registry can be read."""
-    try:
-        from reference_impls.common.registry import list_methods
-    except ImportError:
-        return {}
-    try:
-        return {m["module"]: m for m in list_methods() if "module" in m}
-    except Exception as exc:  # the site must build even if a method fails to import
-        log.warning("could not list implementations: %s", exc)
-        return {}
+def implementations(records: list[Record]) -> dict[str, dict]:
+    """impl module -> {"name": registered method name}, read from the module source.
+
+    Reading `@register("name", ...)` from the file avoids importing torch and every method just
+    to print a command line on a page.
+    """
+    import importlib.util
+    import re
+
+    found: dict[str, dict] = {}
+    for module in sorted({r.impl.module for r in records if r.impl}):
+        try:
+            spec = importlib.util.find_spec(module)
+            source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+        except (ImportError, OSError, ValueError):
+            continue
+        names = re.findall(r'@register\(\s*"([^"]+)"', source)
+        if names:
+            found[module] = {"name": names[0], "names": names}
+    return found
 
 
 def site_data(records: list[Record], root: Path) -> SiteData:
     cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
-    return SiteData(records=records, similar=similar, impls=implementations(), results=load_results(root / "results"))
+    return SiteData(records=records, similar=similar, impls=implementations(records), results=load_results(root / "results"))

@@ -11,12 +11,12 @@ from tests.catalog_fixtures import two_good
 class CountingSearcher:
     instances = 0
 
-    def __init__(self, records, cache_dir=None):
+    def __init__(self, records, cache_dir=None, progress=True):
         CountingSearcher.instances += 1
         self.ids = [r.id for r in records]
 
     def similar(self, record_id, top_k=5):
-        return [{"id": i} for i in self.ids if i != record_id][:top_k]
+        return [types.SimpleNamespace(record=types.SimpleNamespace(id=i)) for i in self.ids if i != record_id][:top_k]
 
 
 def test_similar_is_not_recomputed_when_nothing_changed(tmp_path, monkeypatch):
