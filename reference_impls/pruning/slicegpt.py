@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from reference_impls.pruning.structure import decoder_layers
+from reference_impls.pruning.structure import decoder_layers, model_inputs
 
 
 class RMSN(nn.Module):
@@ -107,9 +107,9 @@ def _pca(model: nn.Module, batches: list[torch.Tensor], module: nn.Module, use_o
 
     handle = module.register_forward_hook(hook)
     try:
-        for ids in batches:
+        for batch in batches:
             try:
-                model(input_ids=ids, use_cache=False)
+                model(**model_inputs(model, batch))
             except _Stop:
                 pass
     finally:

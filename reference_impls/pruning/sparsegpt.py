@@ -103,3 +103,51 @@ def _joint_quantizer(bits: int, group_size: int, sym: bool):
         return gptq.quantize_dequantize(q.unsqueeze(1), *state["params"], bits=bits).flatten()
 
     return quantize_column
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import Option, register  # noqa: E402
+from reference_impls.common.storage import quantized_bits  # noqa: E402
+from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
+from reference_impls.pruning.storage import record_sparse  # noqa: E402
+
+
+@register(
+    "sparsegpt",
+    family="pruning",
+    papers=["sparsegpt"],
+    fidelity="exact",
+    summary="SparseGPT: OBS mask selection and weight update, unstructured or N:M, optional joint quantization",
+    options={
+        **SPARSITY_OPTIONS,
+        "block_size": Option(128, "columns per lazy-update block (and per adaptive mask)"),
+        "damp": Option(0.01, "dampening, fraction of the mean diagonal of H"),
+        "bits": Option(0, "joint quantization bit width on the GPTQ grid (0 = none)"),
+        "group_size": Option(-1, "quantization group size along the input (-1 = whole row)"),
+        "sym": Option(False, "symmetric quantization grid"),
+    },
+)
+def run_sparsegpt(ctx, *, sparsity, prune_n, prune_m, block_size, damp, bits, group_size, sym) -> dict:
+    pruned, formats = {}, {}
+
+    def process(block):
+        for name in block.linears:
+            W = block.weight(name)
+            new = sparsegpt_prune(
+                W, block.stats[name].hessian, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
+                block_size=block_size, damp=damp, bits=bits, group_size=group_size, sym=sym,
+            )  # fmt: skip
+            block.set_weight(name, new)
+            full = f"{block.name}.{name}"
+            pruned[full] = new
+            rows, cols = W.shape
+            params = (
+                quantized_bits(rows, cols, bits=bits, group_size=group_size, sym=sym) - rows * cols * bits
+            )
+            formats[full] = record_sparse(
+                ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m,
+                value_bits=bits or 16, extra_bits=params if bits else 0,
+            )  # fmt: skip
+
+    ctx.walk(process, stats=("hessian",))
+    return pruned_summary(ctx, pruned, formats)

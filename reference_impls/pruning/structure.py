@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from reference_impls.common.adapters import adapter_for
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(model, "model", None), "layers", None)
@@ -101,6 +103,16 @@ def count_params(model: nn.Module) -> int:
     return total
 
 
+def model_inputs(model: nn.Module, batch) -> dict:
+    """Keyword inputs for one calibration batch (a dict of tensors, or a tensor of token ids)."""
+    feed = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
+    device = next(model.parameters()).device
+    feed = {k: v.to(device) for k, v in feed.items()}
+    if adapter_for(model).causal:
+        feed["use_cache"] = False
+    return feed
+
+
 @torch.no_grad()
 def run_with_hooks(
     model: nn.Module,
@@ -110,8 +122,8 @@ def run_with_hooks(
     """Run `model` on token batches, calling hook(input, output) of each module on every batch."""
     handles = [m.register_forward_hook(lambda _m, a, out, fn=fn: fn(a[0], out)) for m, fn in hooks.items()]
     try:
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
+        for batch in batches:
+            model(**model_inputs(model, batch))
     finally:
         for h in handles:
             h.remove()

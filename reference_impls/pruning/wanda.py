@@ -38,3 +38,38 @@ def wanda_prune(
     """Return a copy of `weight` (out, in) with the lowest |W|·‖X‖ entries of each row set to zero."""
     pruned = wanda_mask(weight, input_norm, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)
     return weight.masked_fill(pruned, 0)
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import register  # noqa: E402
+from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
+from reference_impls.pruning.storage import record_sparse  # noqa: E402
+
+
+@register(
+    "wanda",
+    family="pruning",
+    papers=["wanda"],
+    fidelity="exact",
+    summary="Wanda: prune by |W|·‖X‖ within each output row, no weight update",
+    options=SPARSITY_OPTIONS,
+)
+def run_wanda(ctx, *, sparsity: float, prune_n: int, prune_m: int) -> dict:
+    pruned, formats = {}, {}
+
+    def process(block):
+        for name in block.linears:
+            new = wanda_prune(
+                block.weight(name),
+                block.stats[name].input_norm,
+                sparsity=sparsity,
+                prune_n=prune_n,
+                prune_m=prune_m,
+            )
+            block.set_weight(name, new)
+            full = f"{block.name}.{name}"
+            pruned[full] = new
+            formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m)
+
+    ctx.walk(process, stats=("input_norm",))
+    return pruned_summary(ctx, pruned, formats)
