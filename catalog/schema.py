@@ -137,7 +137,10 @@ class Record(BaseModel):
     def _consistency(self) -> Record:
         if self.arxiv and re.match(r"^\d{4}\.", self.arxiv):
             arxiv_year = 2000 + int(self.arxiv[:2])
-            if arxiv_year != self.year:
+            venue_year = re.search(r"\b(19|20)\d\d\b", self.venue or "")
+            # A paper can appear in proceedings before its arXiv version (then year = venue year).
+            published_first = venue_year and int(venue_year.group(0)) == self.year < arxiv_year
+            if arxiv_year != self.year and not published_first:
                 raise ValueError(f"year: {self.year} does not match the arXiv id {self.arxiv} (first version {arxiv_year})")
         if self.id in self.related:
             raise ValueError("related: a record cannot be related to itself")

@@ -7,6 +7,7 @@ them to the build, so this module never touches mkdocs and is tested directly.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -173,8 +174,11 @@ def years_page(data: SiteData) -> str:
 def venue_name(venue: str | None) -> str:
     if not venue:
         return "Preprints"
-    words = [w for w in venue.split() if not (w.isdigit() and len(w) == 4)]
-    return " ".join(words) or venue
+    # 'NeurIPS 2023 (ENLSP)' and 'ICML 2024 (Workshop)' group as 'NeurIPS workshops', 'ICML workshops'
+    base = re.sub(r"\s*\(.*\)\s*$", "", venue)
+    words = [w for w in base.split() if not (w.isdigit() and len(w) == 4)]
+    name = " ".join(words) or base
+    return f"{name} workshops" if base != venue else name
 
 
 def venues_page(data: SiteData) -> str:

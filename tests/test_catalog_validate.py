@@ -190,3 +190,9 @@ def test_catalog_location_from_env_or_option(tmp_path, monkeypatch, env):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     assert {r["id"] for r in __import__("json").loads(result.stdout)} == {"alpha", "beta"}
+
+
+def test_year_may_precede_arxiv_when_published_first(tmp_path):
+    # EasyQuant: EMNLP 2023 proceedings (Dec 2023) before its arXiv version 2403.02775
+    write_catalog(tmp_path, {"alpha": record_text("alpha", arxiv="2403.02775", year=2023)})
+    assert validate(tmp_path)[0] == 0

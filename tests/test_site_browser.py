@@ -17,6 +17,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -32,8 +37,7 @@ def served_site(tmp_path_factory):
     require_chromium()
     site = tmp_path_factory.mktemp("site")
     build_site(Path(os.environ.get("ATLAS_TEST_PAPERS", ROOT / "papers")), site)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a, **k: None
+    handler = functools.partial(QuietHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
