@@ -14,7 +14,7 @@ from pylatexenc.latexencode import unicode_to_latex
 from catalog.schema import Record
 
 STOPWORDS = {"a", "an", "the", "on", "of", "for", "to", "in", "and", "with", "is", "are", "do", "how", "towards", "toward"}
-JOURNALS = ("TACL", "TMLR", "JMLR", "TPAMI", "Transactions", "Journal", "IJCV", "Nature", "Science")
+JOURNALS = ("Visual Intelligence", "TACL", "TMLR", "JMLR", "TPAMI", "Transactions", "Journal", "IJCV", "Nature", "Science")
 
 
 def _ascii_word(text: str) -> str:
