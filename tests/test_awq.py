@@ -7,13 +7,13 @@ from reference_impls.common.adapters import adapter_for
 from reference_impls.common.layerwise import walk_blocks
 from reference_impls.common.models import tiny_model
 from reference_impls.quantization.awq import (
-    _fold,
     apply_clip,
     awq_block,
     awq_clip_search,
     awq_quantize,
     awq_scales,
     awq_search_scale,
+    fold_scales,
     rtn_quantizer,
 )
 from reference_impls.quantization.rtn import rtn_quantize
@@ -114,7 +114,7 @@ def test_fold_is_an_equivalent_transform_on_tiny_llama():
         for group in adapter.input_groups:
             if group.prev is not None and group.prev != "self_attn.v_proj":  # v->o does not fit GQA
                 n_in = b.weight(group.linears[0]).shape[1]
-                _fold(b, group, torch.rand(n_in, generator=torch.Generator().manual_seed(1)) + 0.5)
+                fold_scales(b, group, torch.rand(n_in, generator=torch.Generator().manual_seed(1)) + 0.5)
 
     walk_blocks(model, adapter, batches, process, stats=())
     assert torch.allclose(model(**batches[0]).logits, ref, atol=1e-4, rtol=1e-4)

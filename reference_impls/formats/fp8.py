@@ -214,6 +214,7 @@ def replace_linears(ctx, make_weight, act_quant, bits_of) -> int:
 
 @register(
     "fp8",
+    bench=[{"fmt": "e4m3"}, {"fmt": "e5m2"}],
     family="formats",
     papers=["fp8-formats"],
     fidelity="exact",

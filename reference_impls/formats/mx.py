@@ -129,6 +129,7 @@ def mx_bits_per_element(fmt: str | MXFormat = "mxfp4", *, block_size: int | None
 # ---------------------------------------------------------------- model level
 @register(
     "mx",
+    bench=[{"fmt": "mxfp4"}, {"fmt": "mxfp6"}, {"fmt": "mxint8"}],
     family="formats",
     papers=["mx-formats"],
     fidelity="exact",

@@ -21,7 +21,9 @@ Implemented: the pure core (`awq_search_scale`, `awq_clip_search`, `awq_quantize
 a model-level entry running, per block of the shared layer walk: scale search on the block's output
 for every input group whose producer can absorb the scale (norm -> q/k/v, norm -> gate/up,
 up -> down, and v -> o when their shapes match, i.e. no grouped-query attention), folding, clipping,
-then round-to-nearest on the project's grid (asymmetric min-max, group 128 by default).
+then round-to-nearest on the project's grid (asymmetric min-max, group 128 by default). Before
+folding, each group's fold is checked to leave the block's output unchanged (it does not in post-LN
+blocks such as BERT's, where the norm also feeds the residual); groups that fail are not scaled.
 
 Not implemented / differences: the official code walks the model with the scaled but still
 unquantized blocks and quantizes at the end; the shared walk here feeds the next block the output of
@@ -171,8 +173,8 @@ def awq_quantize(
 
 
 # ---------------------------------------------------------------- model level
-def _foldable(bctx, group) -> bool:
-    """Can the producer of this group's input absorb diag(s)⁻¹?"""
+def fold_shape_ok(bctx, group) -> bool:
+    """Can the producer of this group's input absorb diag(s)⁻¹ by its shape?"""
     if group.prev is None:
         return False
     if group.prev in bctx.linears:  # a linear: its output rows must be exactly this input's channels
@@ -181,7 +183,9 @@ def _foldable(bctx, group) -> bool:
     return w is not None and w.dim() == 1  # a LayerNorm / RMSNorm
 
 
-def _fold(bctx, group, s: torch.Tensor) -> None:
+def fold_scales(bctx, group, s: torch.Tensor) -> None:
+    """prev's output channels / s, the group's weight columns * s (an equivalent transform when
+    nothing else reads prev's output)."""
     prev = bctx.block.get_submodule(group.prev)
     with torch.no_grad():
         if group.prev in bctx.linears:
@@ -192,6 +196,37 @@ def _fold(bctx, group, s: torch.Tensor) -> None:
             prev.bias.div_(s.to(prev.bias.dtype))
     for name in group.linears:
         bctx.set_weight(name, bctx.weight(name) * s[None, :])
+
+
+@torch.no_grad()
+def fold_is_equivalent(bctx, group) -> bool:
+    """Fold random scales, compare the block's output on one calibration batch, undo.
+
+    The shape test is not enough: in a post-LN block (BERT) the norm before the MLP also feeds the
+    residual branch, so scaling it changes the function; this check catches any such case.
+    """
+    if not fold_shape_ok(bctx, group):
+        return False
+    x, kw = bctx.inputs[0], bctx.kwargs[0]
+
+    def out():
+        o = bctx.block(x, **kw)
+        return (o[0] if isinstance(o, tuple) else o).float()
+
+    names = [group.prev, *group.linears]
+    saved = {
+        n: p.detach().clone()
+        for n, p in bctx.block.named_parameters()
+        if any(n == f"{m}.weight" or n == f"{m}.bias" for m in names)
+    }
+    ref = out()
+    n_in = bctx.weight(group.linears[0]).shape[1]
+    fold_scales(bctx, group, torch.rand(n_in, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.5)
+    ok = torch.allclose(out(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+    params = dict(bctx.block.named_parameters())
+    for n, v in saved.items():
+        params[n].copy_(v)
+    return ok
 
 
 def awq_block(
@@ -213,7 +248,7 @@ def awq_block(
     alphas = {}
     searches = []
     for group in bctx.adapter.input_groups:
-        if not _foldable(bctx, group):
+        if not fold_is_equivalent(bctx, group):
             continue
         originals = [bctx.weight(n) for n in group.linears]
 
@@ -230,7 +265,7 @@ def awq_block(
         searches.append((group, result.scales))
         alphas[group.linears[0]] = result.alpha
     for group, s in searches:  # all scales come from the unscaled block, then are applied together
-        _fold(bctx, group, s)
+        fold_scales(bctx, group, s)
     if clip:
         names = [n for n in bctx.linears if not n.rsplit(".", 1)[-1].startswith(("q_", "k_", "query", "key"))]
         inputs = bctx.linear_inputs(names)
@@ -247,6 +282,7 @@ def awq_block(
 
 @register(
     "awq",
+    bench=[{"bits": 3}, {"bits": 4}],
     family="quantization",
     papers=["awq"],
     fidelity="exact",

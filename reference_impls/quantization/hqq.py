@@ -125,6 +125,7 @@ def hqq_bits_per_weight(in_features: int, *, bits: int = 4, group_size: int = 64
 # ---------------------------------------------------------------- model level
 @register(
     "hqq",
+    bench=[{"bits": 3}, {"bits": 4}],
     family="quantization",
     papers=["hqq"],
     fidelity="exact",

@@ -114,6 +114,7 @@ class Int8Linear(nn.Module):
 # ---------------------------------------------------------------- model level
 @register(
     "llm-int8",
+    bench=[{}, {"inject_outliers": 30.0}, {"inject_outliers": 30.0, "threshold": 1e6}],
     family="quantization",
     papers=["llm-int8"],
     fidelity="exact",
@@ -129,7 +130,9 @@ def run_llm_int8(ctx, *, threshold, fp16_weights, inject_outliers, stat_batches)
     from reference_impls.quantization.smoothquant import inject_activation_outliers
 
     if inject_outliers:
-        inject_activation_outliers(ctx.model, ctx.adapter, factor=inject_outliers, seed=ctx.seed)
+        inject_activation_outliers(
+            ctx.model, ctx.adapter, ctx.calibration[0], factor=inject_outliers, seed=ctx.seed
+        )
     modules: list[Int8Linear] = []
     for i, block in enumerate(ctx.adapter.blocks(ctx.model)):
         for name, lin in ctx.adapter.linears(block).items():

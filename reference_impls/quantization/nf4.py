@@ -162,6 +162,7 @@ def nf4_bits_per_weight(
 # ---------------------------------------------------------------- model level
 @register(
     "nf4",
+    bench=[{}],
     family="quantization",
     papers=["qlora"],
     fidelity="exact",

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from reference_impls.common.registry import Option, register
+from reference_impls.quantization.awq import fold_is_equivalent
 
 INT8_MAX = 127
 
@@ -135,6 +136,8 @@ def smooth_block(bctx, *, alpha: float = 0.5) -> int:
     for group in bctx.adapter.input_groups:
         if group.prev is None or not is_norm(bctx.block.get_submodule(group.prev)):
             continue  # the paper smooths the inputs of q/k/v and of the MLP's first linears only
+        if not fold_is_equivalent(bctx, group):
+            continue  # a post-LN norm that also feeds the residual (BERT) cannot absorb the scales
         act_max = bctx.stats[group.linears[0]].act_max  # the group's linears share this input
         s = smoothing_factors(act_max, [bctx.weight(n) for n in group.linears], alpha=alpha)
         fold_smoothing(bctx.block.get_submodule(group.prev), [bctx.linears[n] for n in group.linears], s)
@@ -170,44 +173,77 @@ def quantize_block_w8a8(
 # ---------------------------------------------------------------- outlier injection (a stress test)
 @torch.no_grad()
 def inject_activation_outliers(
-    model: nn.Module, adapter, *, factor: float, n_channels: int = 4, seed: int = 0
+    model: nn.Module, adapter, probe: dict, *, factor: float, n_channels: int = 4, seed: int = 0
 ) -> list[int]:
     """Give the model systematic activation outliers without changing its function.
 
     Small models lack the 10-100x outlier features that appear in LLMs beyond ~6.7B parameters
     (LLM.int8(), SmoothQuant). Multiplying a few channels of every norm that feeds linears by
     `factor` and dividing the matching weight columns of those linears by it is an exact equivalent
-    transform in real arithmetic, and reproduces that regime for 8-bit activation quantizers.
+    transform in real arithmetic, and reproduces that regime for 8-bit activation quantizers. Each
+    kind of norm is kept only if the model's output on `probe` is unchanged (post-LN norms that also
+    feed the residual are left alone).
     """
     from reference_impls.common.adapters import get_weight, set_weight
 
+    device = next(model.parameters()).device
+    probe = {k: v.to(device) for k, v in probe.items()}
+    ref = model(**probe)[0].float()
+    blocks = adapter.blocks(model)
     hidden = None
     chosen: list[int] = []
-    for block in adapter.blocks(model):
-        for group in adapter.input_groups:
-            if group.prev is None or not is_norm(block.get_submodule(group.prev)):
-                continue
+    for group in adapter.input_groups:
+        if group.prev is None or not is_norm(blocks[0].get_submodule(group.prev)):
+            continue
+        if hidden is None:
+            hidden = blocks[0].get_submodule(group.prev).weight.numel()
+            chosen = torch.randperm(hidden, generator=torch.Generator().manual_seed(seed))[
+                :n_channels
+            ].tolist()
+        saved = []
+        for block in blocks:
             norm = block.get_submodule(group.prev)
-            if hidden is None:
-                hidden = norm.weight.numel()
-                gen = torch.Generator().manual_seed(seed)
-                chosen = torch.randperm(hidden, generator=gen)[:n_channels].tolist()
             if norm.weight.numel() != hidden:
                 continue
+            saved.append(
+                (
+                    norm,
+                    norm.weight.detach().clone(),
+                    None if getattr(norm, "bias", None) is None else norm.bias.detach().clone(),
+                    [
+                        (block.get_submodule(n), get_weight(block.get_submodule(n)).clone())
+                        for n in group.linears
+                    ],
+                )
+            )
             norm.weight[chosen] *= factor
             if getattr(norm, "bias", None) is not None:
                 norm.bias[chosen] *= factor
-            for name in group.linears:
-                lin = block.get_submodule(name)
-                w = get_weight(lin).clone()
-                w[:, chosen] /= factor
-                set_weight(lin, w)
+            for lin, w in saved[-1][3]:
+                w2 = w.clone()
+                w2[:, chosen] /= factor
+                set_weight(lin, w2)
+        out = model(**probe)[0].float()
+        if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()):
+            for norm, w, b, lins in saved:  # not an equivalent transform here: undo
+                norm.weight.copy_(w)
+                if b is not None:
+                    norm.bias.copy_(b)
+                for lin, lw in lins:
+                    set_weight(lin, lw)
     return chosen
 
 
 # ---------------------------------------------------------------- model level
 @register(
     "smoothquant",
+    bench=[
+        {},
+        {"act_quant": "tensor"},
+        {"act_quant": "static"},
+        {"act_quant": "tensor", "smooth": False, "inject_outliers": 30.0},
+        {"act_quant": "tensor", "inject_outliers": 30.0},
+    ],
     family="quantization",
     papers=["smoothquant"],
     fidelity="exact",
@@ -226,7 +262,9 @@ def inject_activation_outliers(
 )
 def run_smoothquant(ctx, *, alpha, act_quant, smooth, bits, inject_outliers) -> dict:
     if inject_outliers:
-        inject_activation_outliers(ctx.model, ctx.adapter, factor=inject_outliers, seed=ctx.seed)
+        inject_activation_outliers(
+            ctx.model, ctx.adapter, ctx.calibration[0], factor=inject_outliers, seed=ctx.seed
+        )
     n_smoothed = []
 
     def process(bctx):

@@ -154,6 +154,7 @@ def lkd_block(
 # ---------------------------------------------------------------- model level
 @register(
     "zeroquant",
+    bench=[{}, {"scheme": "w4/8a16"}, {"scheme": "w4/8a16", "lkd_steps": 100}],
     family="quantization",
     papers=["zeroquant"],
     fidelity="simplified",
