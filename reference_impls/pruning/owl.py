@@ -31,3 +31,61 @@ def owl_sparsities(ratios: list[float], sparsity: float, *, lam: float = 0.08) -
         return [sparsity] * len(ratios)
     scaled = (D - D.min()) / spread * (2 * lam)
     return (sparsity - (scaled - scaled.mean())).clamp(0.0, 0.99).tolist()
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import Option, register  # noqa: E402
+from reference_impls.pruning.magnitude import pruned_summary  # noqa: E402
+from reference_impls.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
+from reference_impls.pruning.storage import record_sparse  # noqa: E402
+from reference_impls.pruning.wanda import wanda_prune, wanda_score  # noqa: E402
+
+
+@register(
+    "owl",
+    family="pruning",
+    papers=["owl"],
+    fidelity="exact",
+    summary="OWL: per-layer sparsity from the layer's share of outlier Wanda scores, then Wanda or SparseGPT",
+    options={
+        "sparsity": Option(0.7, "target mean sparsity"),
+        "m": Option(5.0, "outlier threshold: scores above m × the layer mean"),
+        "lam": Option(0.08, "λ: per-layer sparsities stay within sparsity ± λ"),
+        "base": Option("wanda", "pruner applied at the per-layer sparsities", choices=("wanda", "sparsegpt")),
+    },
+)
+def run_owl(ctx, *, sparsity, m, lam, base) -> dict:
+    ratios: list[float] = []
+
+    def measure(block):  # on the dense model, as the official code does
+        ratios.append(
+            outlier_ratio(
+                [wanda_score(block.weight(n), block.stats[n].input_norm) for n in block.linears], m=m
+            )
+        )
+
+    ctx.walk(measure, stats=("input_norm",))
+    layer_sparsity = owl_sparsities(ratios, sparsity, lam=lam)
+    pruned, formats = {}, {}
+
+    def process(block):
+        s = layer_sparsity[block.index]
+        for name in block.linears:
+            W = block.weight(name)
+            st = block.stats[name]
+            new = (
+                wanda_prune(W, st.input_norm, sparsity=s)
+                if base == "wanda"
+                else sparsegpt_prune(W, st.hessian, sparsity=s)
+            )
+            block.set_weight(name, new)
+            full = f"{block.name}.{name}"
+            pruned[full] = new
+            formats[full] = record_sparse(ctx.ledger, full, new)
+
+    ctx.walk(process, stats=("input_norm",) if base == "wanda" else ("hessian",))
+    out = pruned_summary(ctx, pruned, formats)
+    out.update(
+        layer_sparsity=[round(x, 4) for x in layer_sparsity], outlier_ratios=[round(r, 6) for r in ratios]
+    )
+    return out

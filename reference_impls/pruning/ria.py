@@ -54,10 +54,17 @@ def _lsa_position(score: torch.Tensor, prune_n: int, prune_m: int, position: int
     others = torch.cat([blocks[:, :, :position], blocks[:, :, position + 1 :]], dim=2)  # (rows, G, M-1)
     moving = blocks[:, :, position]  # (rows, G): candidate channel of each donor group
     keep = prune_m - prune_n
+    # Top-k sum of a group's M-1 fixed channels plus candidate c = S_k(fixed) + max(0, c - f_k), with
+    # f_k the k-th largest fixed value: c enters the kept set only by displacing f_k.
+    top = others.sort(dim=2, descending=True).values  # (rows, G, M-1)
+    base = top[..., :keep].sum(dim=(0, 2))  # (G,)
+    f_k = top[..., keep - 1]  # (rows, G)
     value = torch.empty(G, G)
-    for g in range(G):  # value[g, b]: what group g keeps if it receives donor b's channel
-        trial = torch.cat([others[:, g : g + 1, :].expand(rows, G, prune_m - 1), moving.unsqueeze(2)], dim=2)
-        value[g] = trial.topk(keep, dim=2).values.sum(dim=(0, 2))
+    step = max(1, 2**22 // max(1, rows * G))
+    for g0 in range(0, G, step):  # value[g, b]: what group g keeps if it receives donor b's channel
+        g1 = min(G, g0 + step)
+        gain = (moving.unsqueeze(1) - f_k[:, g0:g1].unsqueeze(2)).clamp_min(0)  # (rows, g, G)
+        value[g0:g1] = base[g0:g1].unsqueeze(1) + gain.sum(dim=0)
     _, donor = linear_sum_assignment(value.double().numpy(), maximize=True)
     local = torch.arange(cols)
     local[torch.arange(G) * prune_m + position] = torch.as_tensor(donor) * prune_m + position
@@ -125,3 +132,51 @@ def ria_prune(
         permute=permute,
     )
     return weight.masked_fill(pruned, 0)
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import Option, register  # noqa: E402
+from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
+from reference_impls.pruning.storage import record_sparse  # noqa: E402
+
+
+@register(
+    "ria",
+    family="pruning",
+    papers=["ria"],
+    fidelity="exact",
+    summary="RIA: relative importance × activation^a; N:M with channel permutation (heuristic + LSA)",
+    options={
+        **SPARSITY_OPTIONS,
+        "a": Option(0.5, "exponent of the input activation norm"),
+        "per_row": Option(False, "compare scores within output rows instead of over the matrix"),
+        "permute": Option(True, "N:M only: permute input channels before choosing the N:M mask"),
+        "lsa": Option(True, "refine the permutation by linear sum assignment"),
+    },
+)
+def run_ria(ctx, *, sparsity, prune_n, prune_m, a, per_row, permute, lsa) -> dict:
+    pruned, formats = {}, {}
+    gain = []
+
+    def process(block):
+        for name in block.linears:
+            W = block.weight(name)
+            mask, perm = ria_mask(
+                W, block.stats[name].input_norm, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m,
+                a=a, per_row=per_row, permute=permute, lsa=lsa,
+            )  # fmt: skip
+            new = W.masked_fill(mask, 0)
+            block.set_weight(name, new)
+            full = f"{block.name}.{name}"
+            pruned[full] = new
+            formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m, perm=perm)
+            if perm is not None:
+                score = ria_score(W, block.stats[name].input_norm, a=a)
+                kept = float(score.masked_fill(mask, 0).sum())
+                gain.append(kept / retained_score(score, prune_n, prune_m))
+
+    ctx.walk(process, stats=("input_norm",))
+    out = pruned_summary(ctx, pruned, formats)
+    if gain:  # how much more RIA score the permuted N:M masks keep than the unpermuted ones
+        out["permutation_score_gain"] = sum(gain) / len(gain)
+    return out

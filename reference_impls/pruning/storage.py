@@ -156,8 +156,8 @@ def best_encoding(
     """The smallest of bitmask, CSR and (when the pattern is N:M) N:M; None when dense is smaller."""
     W = W.detach().cpu()
     candidates = [encode_bitmask(W, value_dtype), encode_csr(W, value_dtype)]
-    if nm is not None and nm[0]:
-        candidates.append(encode_nm(W, nm[0], nm[1], value_dtype, perm))
+    if nm is not None and nm[0]:  # first, so a tie goes to the format sparse tensor cores run
+        candidates.insert(0, encode_nm(W, nm[0], nm[1], value_dtype, perm))
     best = min(candidates, key=lambda e: e.bits)
     return best if best.bits < dense_bits(W, value_dtype) else None
 
