@@ -146,3 +146,17 @@ def test_awq_block_beats_rtn_on_tiny_llama_with_salient_channels():
             return (model(**batches[0]).logits - ref).pow(2).mean().item()
 
     assert run("awq") < 0.8 * run("rtn")
+
+
+@pytest.mark.slow
+def test_awq_3bit_perplexity_below_rtn_on_the_causal_lm():
+    from reference_impls.common.models import CAUSAL_DIR
+    from reference_impls.common.runner import run_method
+
+    if not (CAUSAL_DIR / "model.safetensors").exists():
+        pytest.skip("the causal LM is not trained in this checkout")
+    common = dict(model="causal", eval_windows=24, calib_samples=16)
+    awq = run_method("awq", options={"bits": 3, "group_size": 128, "search_samples": 16}, **common)
+    rtn = run_method("rtn", options={"bits": 3, "group_size": 128}, **common)
+    assert awq["metrics"]["perplexity"] < rtn["metrics"]["perplexity"]
+    assert awq["bits_per_weight"] == rtn["bits_per_weight"]  # same grid, same storage

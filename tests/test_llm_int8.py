@@ -1,5 +1,6 @@
 """LLM.int8(): vector-wise int8 by hand, exact reduction without outliers, wins with outliers."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,20 @@ def test_int8_linear_module_and_outlier_fraction():
     assert mod.outlier_fraction == outliers.sum().item() / 128
     with torch.no_grad():
         assert (y - lin(x.reshape(2, 32, 128))).norm() / lin(x).norm() < 0.01
+
+
+@pytest.mark.slow
+def test_causal_lm_int8_within_one_percent_and_decomposition_helps_with_outliers():
+    from reference_impls.common.models import CAUSAL_DIR
+    from reference_impls.common.runner import run_method
+
+    if not (CAUSAL_DIR / "model.safetensors").exists():
+        pytest.skip("the causal LM is not trained in this checkout")
+    common = dict(model="causal", eval_windows=24, calib_samples=8)
+    plain = run_method("llm-int8", **common)["metrics"]
+    assert plain["perplexity"] == pytest.approx(plain["perplexity_fp"], rel=0.01)
+    mixed = run_method("llm-int8", options={"inject_outliers": 30.0}, **common)["metrics"]
+    naive = run_method("llm-int8", options={"inject_outliers": 30.0, "threshold": 1e6}, **common)["metrics"]
+    assert mixed["outlier_fraction"] > 0 and naive["outlier_fraction"] == 0
+    fp = mixed["perplexity_fp"]
+    assert mixed["perplexity"] - fp < 0.5 * (naive["perplexity"] - fp)

@@ -1,5 +1,6 @@
 """ZeroQuant: group-wise and token-wise quantizers by hand, finer groups help, LKD reduces error."""
 
+import pytest
 import torch
 
 from reference_impls.common.adapters import adapter_for
@@ -82,3 +83,14 @@ def test_lkd_reduces_block_error_at_4_bits():
     walk_blocks(model, adapter_for(model), batches, process, stats=())
     for before, after in results:
         assert after < 0.6 * before
+
+
+@pytest.mark.slow
+def test_causal_lm_w8a8_within_one_percent():
+    from reference_impls.common.models import CAUSAL_DIR
+    from reference_impls.common.runner import run_method
+
+    if not (CAUSAL_DIR / "model.safetensors").exists():
+        pytest.skip("the causal LM is not trained in this checkout")
+    m = run_method("zeroquant", model="causal", eval_windows=24, calib_samples=8)["metrics"]
+    assert m["perplexity"] == pytest.approx(m["perplexity_fp"], rel=0.01)

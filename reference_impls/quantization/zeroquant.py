@@ -16,15 +16,17 @@ Paper: "ZeroQuant: Efficient and Affordable Post-Training Quantization for Large
   straight-through estimator.
 
 Implemented: all of the above. The quantizers are pure functions; the model-level entry runs on the
-shared sequential layer walk, so LKD's per-block inputs come from the already-quantized prefix and
-its targets from the full-precision block on those inputs (the paper uses the teacher's inputs, as
-with `layerwise` capture of the original model; we note the difference). LKD trains each block's
-linear weights with Adam for `lkd_steps` steps on the calibration batches (the paper's learning
-rate 5e-6 is for 1.3B+ models with many steps; a small model needs a larger one).
+shared sequential layer walk. LKD trains each block's linear (latent) weights with Adam for
+`lkd_steps` steps on the calibration batches, and keeps the result only if the block's
+calibration MSE went down. The paper's learning rate 5e-6 is for 1.3B+ models; the default here
+suits small models.
 
 Differences from the paper (simplified): groups run along the input dimension in blocks of
 `group_size` (the project's convention) rather than the paper's partition of a matrix into row
-groups; the attention BMMs and the fused CUDA kernels are not simulated.
+groups; in LKD both the student and the teacher block read the output of the already-quantized
+prefix (the paper feeds both the output of the original prefix); weights are symmetric and
+activations asymmetric, as we read the paper (both are easy to change); the attention BMMs and
+the fused CUDA kernels are not simulated.
 """
 
 from __future__ import annotations
