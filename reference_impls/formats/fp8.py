@@ -13,7 +13,9 @@ Implemented:
 - `fp_quantize` (value -> nearest representable value), `fp_encode` / `fp_decode` (value <-> bit
   pattern), and `fp8_quantize`, a scaled fake-quantizer for weights and activations (per-tensor,
   per-row or per-token scale so that the largest magnitude maps to the format's largest normal, as
-  FP8 inference recipes do).
+  FP8 inference recipes do);
+- the registered `fp8` entry: every block linear computes with FP8 weights (one float32 scale per
+  output row) and, by default, FP8 inputs with one dynamic scale per tensor (or per token).
 
 Not implemented: stochastic rounding, FP8 training recipes (delayed scaling, amax history), real FP8
 matmul kernels; arithmetic here is float32 simulation of the storage format.

@@ -18,6 +18,9 @@ Blocks run along the last dimension, which for a weight (out, in) and an activat
 reduction dimension of the matmul, as the specification requires for dot products. A last dimension
 that is not a multiple of the block size gets a shorter final block.
 
+The registered `mx` entry quantizes every block linear's weight and (by default) its input to the
+chosen MX format, so both operands of the matmul are MX, as the specification's dot product assumes.
+
 Not implemented: the MX dot-product semantics beyond simulation (the accumulation is float32), the
 E8M0 NaN propagation for non-finite inputs, and the "floor" vs "nearest" rounding variants of the
 reference library (we use round-to-nearest-even for the elements).
