@@ -172,7 +172,22 @@ class QueryEncoder:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.no_padding()  # the file pads to 128; one text needs none
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        self.w = load_file(str(path / "model.safetensors"))
+        w = load_file(str(path / "model.safetensors"))
+        self.embeddings = (w["embeddings.word_embeddings.weight"], w["embeddings.position_embeddings.weight"],
+                           w["embeddings.token_type_embeddings.weight"][0],
+                           w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.blocks = []
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}."
+            qkv = np.concatenate([w[p + f"attention.self.{m}.weight"] for m in ("query", "key", "value")])  # (3h, h)
+            qkv_bias = np.concatenate([w[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
+            # Weights stored as (in, out) once, so each step is one x @ W on contiguous memory.
+            self.blocks.append(tuple(np.ascontiguousarray(a) for a in (
+                qkv.T, qkv_bias, w[p + "attention.output.dense.weight"].T, w[p + "attention.output.dense.bias"],
+                w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
+                w[p + "intermediate.dense.weight"].T, w[p + "intermediate.dense.bias"],
+                w[p + "output.dense.weight"].T, w[p + "output.dense.bias"],
+                w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])))
 
     def token_count(self, text: str) -> int:
         """Word pieces of the text before truncation (to tell the user when a query was cut)."""
@@ -183,32 +198,22 @@ class QueryEncoder:
             self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
 
     def encode(self, text: str) -> np.ndarray:
-        w = self.w
         ids = np.asarray(self.tokenizer.encode(text).ids)  # (n,)
         n = len(ids)
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-             + w["embeddings.token_type_embeddings.weight"][0])  # (n, hidden)
-        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+        words, positions, token_type, ln_w, ln_b = self.embeddings
+        x = _layer_norm(words[ids] + positions[:n] + token_type, ln_w, ln_b, self.eps)  # (n, hidden)
         hidden = x.shape[1]
         d = hidden // self.heads
-        for i in range(self.layers):
-            p = f"encoder.layer.{i}."
-
-            def linear(t, name, p=p):
-                return t @ w[p + name + ".weight"].T + w[p + name + ".bias"]
-
-            q, k, v = (linear(x, f"attention.self.{m}").reshape(n, self.heads, d).transpose(1, 0, 2)
-                       for m in ("query", "key", "value"))  # (heads, n, d)
+        for qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, i_w, i_b, out_w, out_b, ln2_w, ln2_b in self.blocks:
+            q, k, v = (x @ qkv_w + qkv_b).reshape(n, 3, self.heads, d).transpose(1, 2, 0, 3)  # 3 x (heads, n, d)
             scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # (heads, n, n)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             attn = scores / scores.sum(-1, keepdims=True)
             context = (attn @ v).transpose(1, 0, 2).reshape(n, hidden)  # (n, hidden)
-            x = _layer_norm(x + linear(context, "attention.output.dense"),
-                            w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], self.eps)
-            h = linear(x, "intermediate.dense")  # (n, intermediate)
+            x = _layer_norm(x + context @ o_w + o_b, ln1_w, ln1_b, self.eps)
+            h = x @ i_w + i_b  # (n, intermediate)
             h = 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))  # exact (erf) GELU, as BERT's "gelu"
-            x = _layer_norm(x + linear(h, "output.dense"), w[p + "output.LayerNorm.weight"],
-                            w[p + "output.LayerNorm.bias"], self.eps)
+            x = _layer_norm(x + h @ out_w + out_b, ln2_w, ln2_b, self.eps)
         pooled = x.mean(0)  # (hidden,) mean over tokens: one text, no padding to mask
         return (pooled / np.linalg.norm(pooled)).astype(np.float32)  # (hidden,)
 

@@ -317,3 +317,12 @@ def test_results_file_when_present_has_every_mode():
     for mode in ("hybrid", "dense", "bm25"):
         for part in ("tune", "held"):
             assert 0.0 <= result["quality"]["modes"][mode][part]["recall@10"] <= 1.0
+
+
+@pytest.mark.parametrize("filters", [
+    Filters(themes=("memory", "distillation")), Filters(taxonomy="quantization"), Filters(venue="ICLR 2024"),
+    Filters(venue="preprint", year_to=2024), Filters(has_code=False, has_impl=False, year_from=2023),
+])
+def test_vectorized_filter_agrees_with_the_plain_rule(filters):
+    s = searcher_for(RECORDS, "alpha")
+    assert list(s._allowed(filters)) == [filters.accepts(r) for r in RECORDS]
