@@ -109,3 +109,79 @@ def test_shortgpt_removes_the_most_similar_layer():
     assert count_params(model) < dense
     assert torch.allclose(logits(model, ids), before, atol=0.05)
     assert model.generate(ids[:1, :5], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (1, 8)
+
+
+def test_flap_bias_compensation_is_exact_for_constant_channels():
+    from reference_impls.pruning.flap import compensated_bias, wifv
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 12, generator=g)
+    X[:, [2, 7]] = torch.tensor([3.0, -1.5])  # two channels that never fluctuate
+    W = torch.randn(6, 12, generator=g)
+    score = wifv(W, X.var(0))
+    assert set(torch.argsort(score)[:2].tolist()) == {2, 7}  # the constant channels score zero
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[2, 7]] = False
+    out = X[:, keep] @ W[:, keep].T + compensated_bias(W, X.mean(0), keep)
+    assert torch.allclose(out, X @ W.T, atol=1e-5)
+
+
+def test_flap_global_keep_meets_the_parameter_budget():
+    from reference_impls.pruning.flap import global_keep
+
+    g = torch.Generator().manual_seed(1)
+    attn = [torch.randn(4, generator=g) for _ in range(3)]
+    mlp = [torch.randn(50, generator=g) for _ in range(3)]
+    a_keep, m_keep = global_keep(attn, mlp, group_cost=30, channel_cost=3, ratio=0.3)
+    total = 3 * (4 * 30 + 50 * 3)
+    kept = sum(int(k.sum()) * 30 for k in a_keep) + sum(int(k.sum()) * 3 for k in m_keep)
+    assert abs(kept / total - 0.7) < 0.05
+    assert all(k.any() for k in a_keep + m_keep)
+
+
+def test_flap_layer_pruning_shrinks_and_runs():
+    from reference_impls.pruning.flap import flap_prune_layer
+
+    model = llama()
+    ids = batches()[0]
+    dense = count_params(model)
+    layer = model.model.layers[1]
+    flap_prune_layer(
+        layer, torch.tensor([True, False]), torch.arange(160) % 4 != 0, torch.zeros(64), torch.zeros(160)
+    )
+    assert layer.self_attn.q_proj.out_features == 32 and layer.self_attn.k_proj.out_features == 16
+    assert layer.mlp.down_proj.in_features == 120 and layer.mlp.down_proj.bias is not None
+    assert count_params(model) < dense
+    assert model.generate(ids[:1, :5], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (1, 8)
+
+
+def test_llm_pruner_removes_the_least_important_groups_and_recovers():
+    from reference_impls.pruning.llm_pruner import (
+        accumulate_gradients,
+        llm_pruner_prune,
+        lora_recover,
+        taylor_group_importance,
+    )
+
+    model = llama(layers=3)
+    data = [{"input_ids": b} for b in batches(n=4)]
+    with torch.no_grad():  # channel 5 of layer 1 contributes nothing: its Taylor importance is zero
+        model.model.layers[1].mlp.down_proj.weight[:, 5] = 0
+        model.model.layers[1].mlp.up_proj.weight[5] = 0
+        model.model.layers[1].mlp.gate_proj.weight[5] = 0
+    accumulate_gradients(model, data)
+    _, channel = taylor_group_importance(model.model.layers[1])
+    assert int(torch.argmin(channel)) == 5 and float(channel[5]) == 0.0
+    dense = count_params(model)
+    llm_pruner_prune(model, data, ratio=0.5, skip_layers=1)
+    mlp = model.model.layers[1].mlp
+    assert mlp.up_proj.out_features == 80 and model.model.layers[0].mlp.up_proj.out_features == 160
+    assert model.model.layers[1].self_attn.k_proj.out_features == 16
+    assert not any(torch.equal(row, torch.zeros(64)) for row in mlp.up_proj.weight.data)  # channel 5 is gone
+    assert count_params(model) < dense
+    losses = lora_recover(model, data, steps=12, rank=4, lr=1e-2)
+    assert losses[-1] < losses[0]
+    assert all(isinstance(m, torch.nn.Linear) for m in (mlp.up_proj, model.model.layers[1].self_attn.q_proj))
+    assert model.generate(
+        data[0]["input_ids"][:1, :5], max_new_tokens=3, min_new_tokens=3, do_sample=False
+    ).shape == (1, 8)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from reference_impls.pruning.structure import decoder_layers, remove_layers, run_with_hooks
+from reference_impls.pruning.structure import model_inputs, remove_layers
 
 
 def block_influence(hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
@@ -33,30 +33,91 @@ def layers_to_remove(influence: torch.Tensor, n_remove: int) -> list[int]:
     return sorted(torch.topk(influence, n_remove, largest=False).indices.tolist())
 
 
+def blocks_of(model: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The model's block list and its dotted path (any family the shared adapters know)."""
+    from reference_impls.common.adapters import adapter_for
+
+    path = adapter_for(model).blocks_path
+    return model.get_submodule(path), path
+
+
 @torch.no_grad()
-def model_block_influence(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """BI of every decoder layer, averaged over all calibration tokens."""
-    layers = decoder_layers(model)
-    cos_sum = torch.zeros(len(layers), dtype=torch.float64)
-    count = [0]
+def model_block_influence(model: nn.Module, batches: Iterable) -> torch.Tensor:
+    """BI of every block, averaged over all calibration tokens."""
+    blocks, _ = blocks_of(model)
+    cos_sum = torch.zeros(len(blocks), dtype=torch.float64)
+    count = torch.zeros(len(blocks), dtype=torch.float64)
 
     def hook(i):
-        def fn(x_in, x_out):
-            x_out = x_out[0] if isinstance(x_out, tuple) else x_out
+        def fn(_m, args, kwargs, out):
+            x_in = args[0] if args else kwargs["hidden_states"]
+            x_out = out[0] if isinstance(out, tuple) else out
             a = x_in.reshape(-1, x_in.shape[-1]).double()
             b = x_out.reshape(-1, x_out.shape[-1]).double()
             cos_sum[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).sum()
-            if i == 0:
-                count[0] += a.shape[0]
+            count[i] += a.shape[0]
 
         return fn
 
-    run_with_hooks(model, batches, {layer: hook(i) for i, layer in enumerate(layers)})
-    return 1 - cos_sum / count[0]
+    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        for batch in batches:
+            model(**model_inputs(model, batch))
+    finally:
+        for h in handles:
+            h.remove()
+    return 1 - cos_sum / count
 
 
-def shortgpt_prune(model: nn.Module, batches: Iterable[torch.Tensor], *, n_remove: int = 1) -> list[int]:
-    """Remove the `n_remove` least influential layers in place; returns their original indices."""
+def remove_blocks(model: nn.Module, drop: list[int]) -> None:
+    """Delete whole blocks (decoder or encoder layers) and renumber what indexes them."""
+    if hasattr(getattr(model, "model", None), "layers"):
+        remove_layers(model, drop)  # Llama-family: also renumbers the KV-cache layer indices
+        return
+    blocks, path = blocks_of(model)
+    kept = nn.ModuleList([b for i, b in enumerate(blocks) if i not in set(drop)])
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, kept)
+    model.config.num_hidden_layers = len(kept)
+
+
+def shortgpt_prune(model: nn.Module, batches: Iterable, *, n_remove: int = 1) -> list[int]:
+    """Remove the `n_remove` least influential blocks in place; returns their original indices."""
     drop = layers_to_remove(model_block_influence(model, list(batches)), n_remove)
-    remove_layers(model, drop)
+    remove_blocks(model, drop)
     return drop
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import Option, register  # noqa: E402
+from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.structure import count_params  # noqa: E402
+
+
+@register(
+    "shortgpt",
+    family="pruning",
+    papers=["shortgpt"],
+    fidelity="exact",
+    summary="ShortGPT: remove the layers whose output is most similar to their input (Block Influence)",
+    options={"n_remove": Option(1, "number of layers to remove")},
+)
+def run_shortgpt(ctx, *, n_remove: int) -> dict:
+    blocks, path = blocks_of(ctx.model)
+    sizes = [{n: m.weight.numel() for n, m in ctx.adapter.linears(b).items()} for b in blocks]
+    params_dense = count_params(ctx.model)
+    dense_ms = forward_latency_ms(ctx.model) if ctx.loaded.kind == "causal" else None
+    influence = model_block_influence(ctx.model, ctx.calibration)
+    drop = layers_to_remove(influence, n_remove)
+    remove_blocks(ctx.model, drop)
+    for i, layer_sizes in enumerate(sizes):
+        for name, n in layer_sizes.items():
+            ctx.ledger.add(f"{path}.{i}.{name}", n, 0 if i in drop else n * 16)
+    out = {
+        "removed_layers": drop,
+        "block_influence": [round(float(b), 6) for b in influence],
+        "params_removed": 1 - count_params(ctx.model) / params_dense,
+    }
+    if dense_ms is not None:
+        out.update(latency_metrics(dense_ms, forward_latency_ms(ctx.model)))
+    return out

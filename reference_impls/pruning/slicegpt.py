@@ -174,3 +174,40 @@ def slicegpt_prune(model: nn.Module, batches: Iterable[torch.Tensor], *, sparsit
         _write(mlp.down_proj, Q, d)
     _read(model.lm_head, Q, d)
     return d
+
+
+# ---------------------------------------------------------------- model-level entry
+from reference_impls.common.registry import Option, register  # noqa: E402
+from reference_impls.pruning.flap import dense_linear_sizes, record_structured  # noqa: E402
+from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.structure import count_params  # noqa: E402
+
+
+@register(
+    "slicegpt",
+    family="pruning",
+    papers=["slicegpt"],
+    fidelity="exact",
+    summary="SliceGPT: PCA rotations of the residual stream (RMSNorm invariance), then delete rows and columns",
+    options={"sparsity": Option(0.25, "fraction of the residual width removed")},
+)
+def run_slicegpt(ctx, *, sparsity: float) -> dict:
+    if ctx.loaded.kind != "causal":
+        raise ValueError(
+            "slicegpt needs a pre-norm decoder (BERT is post-LayerNorm: no computational invariance)"
+        )
+    sizes = dense_linear_sizes(ctx)
+    params_dense = count_params(ctx.model)
+    dense_ms = forward_latency_ms(ctx.model)
+    width = ctx.model.model.embed_tokens.weight.shape[1]
+    d = slicegpt_prune(ctx.model, ctx.calibration, sparsity=sparsity)
+    record_structured(ctx, sizes)
+    for i, layer in enumerate(decoder_layers(ctx.model)):  # the residual changes of basis are stored too
+        for name in ("attn_shortcut", "mlp_shortcut"):
+            ctx.ledger.add(f"{ctx.adapter.blocks_path}.{i}.{name}", 0, getattr(layer, name).numel() * 16)
+    return {
+        "hidden_size": width,
+        "sliced_hidden_size": d,
+        "params_removed": 1 - count_params(ctx.model) / params_dense,
+        **latency_metrics(dense_ms, forward_latency_ms(ctx.model)),
+    }
