@@ -135,3 +135,20 @@ def test_sparsegpt_dead_inputs_are_zeroed():
     S = sparsegpt_prune(W, hessian_of(X), sparsity=0.25, block_size=16)
     assert torch.all(S[:, 5] == 0)
     assert S.dtype == W.dtype and S.shape == W.shape
+
+
+def test_sparsegpt_joint_quantization_lands_on_the_grid_and_beats_prune_then_round():
+    from reference_impls.quantization.rtn import rtn_quantize
+
+    X = correlated_inputs(2048, 128, seed=11)
+    W = torch.randn(32, 128, generator=torch.Generator().manual_seed(12))
+    H = hessian_of(X)
+    J = sparsegpt_prune(W, H, sparsity=0.5, block_size=32, bits=4, group_size=32)
+    assert int((J == 0).sum()) >= W.numel() // 2
+    for g in range(4):  # at most 2^4 distinct values per row and group of 32 columns (zero included)
+        block = J[:, 32 * g : 32 * (g + 1)]
+        assert max(len(torch.unique(row)) for row in block) <= 16
+    # pruning with SparseGPT and then rounding the survivors compensates nothing for the rounding
+    naive = rtn_quantize(sparsegpt_prune(W, H, sparsity=0.5, block_size=32), bits=4, group_size=32)
+    naive = naive.masked_fill(sparsegpt_prune(W, H, sparsity=0.5, block_size=32) == 0, 0)
+    assert output_error(X, W, J) < output_error(X, W, naive)

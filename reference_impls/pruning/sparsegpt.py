@@ -8,7 +8,7 @@ official code: H = 2/n·ΣxxᵀHessian proxy, dead inputs set to H[d,d]=1 and W[
 trick), N:M masks per group of M consecutive inputs chosen when the sweep reaches the group; the
 error of each pruned (and optionally quantized) column is spread onto the remaining columns of the
 block, and the block's accumulated error onto all later columns (Algorithm 1). Joint quantization
-(`bits`) uses the GPTQ grid of `reference_impls.quantization.gptq`, with the group's scale and zero
+(`bits`) uses the GPTQ grid (`minmax_params`/`fake_quantize`, via `reference_impls.quantization.gptq`), with the group's scale and zero
 taken when the sweep reaches the group's first column, as GPTQ does.
 Deviation: each adaptive block prunes exactly ⌊count·sparsity⌋ weights (the official threshold
 `<= sorted[k]` prunes one more, so 0% sparsity would still prune one weight per block).
@@ -90,17 +90,20 @@ def sparsegpt_prune(
 
 
 def _joint_quantizer(bits: int, group_size: int, sym: bool):
-    """Column quantizer q(column, index, W) on the GPTQ grid; scale and zero are taken from `W` (as
-    earlier blocks left it) at the first column of each group, or once from the whole W."""
-    from reference_impls.quantization import gptq
+    """Column quantizer q(column, index, W) on the GPTQ grid (shared with GPTQ and RTN); scale and
+    zero are taken from `W` (as earlier blocks left it) at the first column of each group, or once
+    from the whole W, as the official SparseGPT code does without groups."""
+    from reference_impls.quantization.gptq import fake_quantize, minmax_params
 
+    maxq = 2**bits - 1
     state: dict = {}
 
     def quantize_column(q: torch.Tensor, col: int, W: torch.Tensor) -> torch.Tensor:
         if "params" not in state or (group_size > 0 and col % group_size == 0):
             span = W if group_size <= 0 else W[:, col : col + group_size]
-            state["params"] = gptq.find_params(span, bits=bits, sym=sym)
-        return gptq.quantize_dequantize(q.unsqueeze(1), *state["params"], bits=bits).flatten()
+            state["params"] = minmax_params(span, bits=bits, sym=sym)
+        scale, zero = state["params"]
+        return fake_quantize(q.unsqueeze(1), scale.unsqueeze(1), zero.unsqueeze(1), maxq).flatten()
 
     return quantize_column
 
