@@ -46,10 +46,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
+                   help="bf16: autocast matmuls to bfloat16 (fp32 master weights), about 2x faster on CPUs with AVX512-BF16; the committed model used fp32.")
     p.add_argument("--resplit", action="store_true", help="Draw a new train/calibration/held-out split.")
     return p.parse_args()
 
@@ -153,14 +155,15 @@ def main() -> None:
         x = torch.stack([train[s : s + args.context] for s in starts.tolist()])  # (batch, context)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = model(input_ids=x, labels=x).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}")
-        if step % 250 == 0:
+        if step % 25 == 0:
             print(f"step {step} loss {ema:.4f} elapsed {time.time() - t_train:.0f}s", flush=True)
     train_s = time.time() - t_train
 

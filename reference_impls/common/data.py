@@ -109,22 +109,16 @@ def docstrings(texts: list[str], min_chars: int = 40) -> list[str]:
 
 def _record_texts(papers_dir: Path) -> list[str]:
     try:
-        from catalog import load as catalog_load  # the single record loader, when it exists
+        from catalog.load import load_records  # the project's single record loader
 
-        records = catalog_load.load_records(papers_dir) if hasattr(catalog_load, "load_records") else None
-    except ImportError:
+        records = load_records(papers_dir)
+    except Exception:  # no catalog package, or an invalid record: read the YAML as it is
         records = None
-    texts = []
     if records is not None:
-        for r in records:
-            summary = getattr(r, "summary", None)
-            parts = [getattr(r, "title", "")]
-            if summary is not None:
-                parts += [str(v) for v in (summary.model_dump() if hasattr(summary, "model_dump") else dict(summary)).values() if v]
-            texts.append(" ".join(parts))
-        return texts
+        return [f"{r.title} {r.summary_text}" for r in records]
     import yaml  # fallback: read the YAML directly
 
+    texts = []
     for path in sorted(Path(papers_dir).glob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
         summary = data.get("summary") or {}

@@ -19,6 +19,7 @@ before it. Statistics per linear (input dimension `in`, over the n calibration t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -126,13 +127,18 @@ def capture_first_block_inputs(model: nn.Module, adapter: Adapter, batches: list
     block0 = adapter.blocks(model)[0]
     inputs, kwargs = [], []
 
+    signature = inspect.signature(block0.forward)
+    first = next(iter(signature.parameters))  # the hidden-states parameter
+
     def hook(_module, args, kw):
-        kw = dict(kw)
-        hidden = args[0] if args else kw.pop("hidden_states")
-        if len(args) > 1:
-            raise RuntimeError(f"{adapter.family}: block called with extra positional arguments; extend the adapter")
+        # Name every argument (GPT-2 and BERT pass masks positionally) so blocks are re-run by keyword.
+        bound = signature.bind(*args, **kw)
+        named = dict(bound.arguments)
+        extra = named.pop(next(n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), {}) \
+            if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else {}
+        hidden = named.pop(first)
         inputs.append(hidden.detach())
-        kwargs.append(kw)
+        kwargs.append({**named, **extra})
         raise _StopForward
 
     handle = block0.register_forward_pre_hook(hook, with_kwargs=True)

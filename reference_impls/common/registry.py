@@ -61,6 +61,8 @@ class Method:
     module: str
     apply: Callable[..., dict]
     options: dict[str, Option] = field(default_factory=dict)
+    bench: tuple[dict, ...] = ()  # option sets of the benchmark grid (empty: the defaults)
+    bench_models: tuple[str, ...] = ("causal", "encoder")
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
@@ -81,11 +83,16 @@ class UnknownMethodError(ValueError):
 
 _REGISTRY: dict[str, Method] = {}
 _DISCOVERED = False
+DISCOVERY_ERRORS: dict[str, str] = {}  # module -> why it failed to import
 
 
 def register(name: str, *, family: str, papers: list[str], fidelity: str, options: dict[str, Option],
-             summary: str = "") -> Callable:
-    """Decorator: register `apply(ctx, **options) -> dict of method-specific metrics`."""
+             summary: str = "", bench: list[dict] | None = None,
+             bench_models: tuple[str, ...] = ("causal", "encoder")) -> Callable:
+    """Decorator: register `apply(ctx, **options) -> dict of method-specific metrics`.
+
+    `bench` lists the option sets `atlas bench` runs on each of `bench_models`.
+    """
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity {fidelity!r} is not one of {FIDELITIES}")
 
@@ -93,7 +100,8 @@ def register(name: str, *, family: str, papers: list[str], fidelity: str, option
         if name in _REGISTRY and _REGISTRY[name].module != fn.__module__:
             raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].module}, {fn.__module__})")
         _REGISTRY[name] = Method(name=name, family=family, papers=tuple(papers), fidelity=fidelity,
-                                 summary=summary, module=fn.__module__, apply=fn, options=dict(options))
+                                 summary=summary, module=fn.__module__, apply=fn, options=dict(options),
+                                 bench=tuple(bench or ()), bench_models=tuple(bench_models))
         return fn
 
     return wrap
@@ -109,10 +117,18 @@ def discover() -> None:
     for pkg in pkgutil.iter_modules(reference_impls.__path__):
         if not pkg.ispkg or pkg.name == "common":
             continue
-        family = importlib.import_module(f"reference_impls.{pkg.name}")
+        try:
+            family = importlib.import_module(f"reference_impls.{pkg.name}")
+        except Exception as exc:
+            DISCOVERY_ERRORS[f"reference_impls.{pkg.name}"] = f"{type(exc).__name__}: {exc}"
+            continue
         for mod in pkgutil.iter_modules(family.__path__):
             if not mod.name.startswith("_"):
-                importlib.import_module(f"reference_impls.{pkg.name}.{mod.name}")
+                name = f"reference_impls.{pkg.name}.{mod.name}"
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:  # one broken method file must not hide all the others
+                    DISCOVERY_ERRORS[name] = f"{type(exc).__name__}: {exc}"
     _DISCOVERED = True
 
 

@@ -1,0 +1,163 @@
+"""Reference-implementation commands: `atlas impls` and `atlas run METHOD`.
+
+torch and the method modules are imported inside the commands, so `atlas --help` stays fast.
+`atlas run` accepts each method's own options (declared in the registry) in kebab-case; typer cannot
+declare them statically, so they arrive as extra arguments and are parsed here against the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from catalog.cli_app import PapersOption, app, papers_dir
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def impls(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List the reference implementations and the papers they implement.
+
+    Example: atlas impls --json
+    """
+    from reference_impls.common import registry
+
+    methods = registry.all_methods()
+    for module, why in registry.DISCOVERY_ERRORS.items():
+        err.print(f"[yellow]warning:[/yellow] {module} not loaded ({why})", markup=True, highlight=False)
+    if as_json:
+        _print_json([m.describe() for m in methods])
+        return
+    table = Table(title="Reference implementations")
+    for col in ("method", "family", "papers", "fidelity", "options (default)"):
+        table.add_column(col)
+    for m in methods:
+        opts = ", ".join(f"--{k.replace('_', '-')} {o.default}" for k, o in m.options.items())
+        table.add_row(m.name, m.family, ", ".join(m.papers), m.fidelity, opts)
+    out.print(table)
+
+
+def parse_method_options(tokens: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    """`--group-size 128 --act-order --sym=false` -> {"group_size": 128, "act_order": True, "sym": False}.
+
+    `declared` maps option names (snake_case) to registry.Option. A bool option alone means true;
+    `--no-NAME` means false. Raises ValueError naming the valid options.
+    """
+    valid = ", ".join(f"--{k.replace('_', '-')}" for k in declared) or "(none)"
+    parsed: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ValueError(f"unexpected argument {token!r}; method options: {valid}")
+        flag, eq, inline = token[2:].partition("=")
+        name = flag.replace("-", "_")
+        negated = name.startswith("no_") and name[3:] in declared and declared[name[3:]].type is bool
+        if negated:
+            name = name[3:]
+        if name not in declared:
+            raise ValueError(f"unknown option --{flag}; valid options: {valid}")
+        option = declared[name]
+        if negated:
+            value, i = False, i + 1
+        elif eq:
+            value, i = inline, i + 1
+        elif option.type is bool and (i + 1 == len(tokens) or tokens[i + 1].startswith("--")):
+            value, i = True, i + 1
+        elif i + 1 < len(tokens):
+            value, i = tokens[i + 1], i + 2
+        else:
+            raise ValueError(f"option --{flag} needs a value")
+        try:
+            parsed[name] = option.parse(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ValueError(f"--{flag}: {exc}") from None
+    return parsed
+
+
+def _metrics_table(record: dict) -> Table:
+    table = Table(title=f"{record['method']} on {record['model']}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    options = " ".join(f"{k}={v}" for k, v in record["options"].items())
+    table.add_row("options", options or "-")
+    for key, value in record["metrics"].items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("bits per weight", f"{record['bits_per_weight']:.3f}")
+    table.add_row("parameters", f"{record['params']:,}")
+    table.add_row("time (s)", f"{record['time_s']:.2f}")
+    return table
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    method: str = typer.Argument(..., help="Method name (see `atlas impls`), or a+b to apply a then b."),
+    model: str = typer.Option("causal", "--model", help="causal, encoder, or a local Hugging Face model directory."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration samples (windows or texts)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration draw."),
+    save: Path | None = typer.Option(None, "--save", help="Save the compressed model (Hugging Face format) here."),
+    eval_windows: int | None = typer.Option(None, "--eval-windows", help="Cap the held-out windows (quick runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result record as JSON."),
+    papers: Path | None = PapersOption,
+) -> None:
+    """Run one method on a small model and print its metrics; method options follow in kebab-case.
+
+    Example: atlas run gptq --model causal --bits 4 --group-size 128 --act-order
+    """
+    from reference_impls.common import registry
+    from reference_impls.common.models import ModelMissingError
+    from reference_impls.common.runner import run_method
+
+    try:
+        methods = [registry.get(name) for name in method.split("+")]
+    except registry.UnknownMethodError as exc:
+        raise _fail(str(exc)) from None
+    declared = {k: o for m in methods for k, o in m.options.items()}
+    try:
+        options = parse_method_options(list(ctx.args), declared)
+    except ValueError as exc:
+        raise _fail(f"{method}: {exc}") from None
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda: no CUDA device is available here", 2)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(f"{method}: blocks", total=None)
+        try:
+            record = run_method(method, model=model, device=device, calib_samples=calib_samples, seed=seed,
+                                save=save, eval_windows=eval_windows, papers_dir=papers_dir(papers),
+                                options=options, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        except ModelMissingError as exc:
+            raise _fail(str(exc), 2) from None
+        except ValueError as exc:
+            raise _fail(f"{method}: {exc}") from None
+    if as_json:
+        _print_json(record)
+    else:
+        out.print(_metrics_table(record))
+        if save is not None:
+            out.print(f"saved to {save}")

@@ -1,0 +1,62 @@
+"""The benchmark grid behind `atlas bench`: every method's declared option sets on its models.
+
+Writes one file per method, `results/<method>.json`:
+`{"method", "papers", "fidelity", "generated", "runs": [result records (runner.run_method)], ...}`,
+plus method-specific extras (GPTQ: `layer_timing`, the 4096×4096 single-layer timing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from reference_impls.common import registry
+from reference_impls.common.runner import run_method
+
+RESULTS_DIR = Path("results")
+
+# Extra measurements per method: name -> (module, function returning a JSON-serializable dict).
+EXTRAS = {"gptq": ("reference_impls.common.gptq_timing", "layer_timing")}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = None, eval_windows: int | None = None,
+                 extras: bool = True) -> dict:
+    runs = []
+    grid = list(method.bench) or [{}]
+    for model in models or method.bench_models:
+        for options in grid:
+            t0 = time.perf_counter()
+            record = run_method(method.name, model=model, eval_windows=eval_windows, options=options)
+            runs.append(record)
+            m = record["metrics"]
+            metric = (f"ppl {m['perplexity']:.3f} (fp {m['perplexity_fp']:.3f})" if "perplexity" in m
+                      else f"cos {m['cosine']:.4f} top10 {m['retrieval_agreement']:.3f}")
+            _log(f"{method.name} {model} {options}: {metric}, {record['bits_per_weight']:.3f} bits/weight, "
+                 f"{record['time_s']:.1f}s compress, {time.perf_counter() - t0:.0f}s total")
+    result = {"method": method.name, "papers": list(method.papers), "fidelity": method.fidelity,
+              "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": runs}
+    if extras and method.name in EXTRAS:
+        import importlib
+
+        module, func = EXTRAS[method.name]
+        _log(f"{method.name}: {module}.{func} ...")
+        result[func] = getattr(importlib.import_module(module), func)()
+    return result
+
+
+def run_bench(methods: list[str]) -> None:
+    """Benchmark the named methods (all registered ones when empty) and write results/<method>.json."""
+    chosen = [registry.get(name) for name in methods] if methods else registry.all_methods()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    for method in chosen:
+        result = bench_method(method)
+        path = RESULTS_DIR / f"{method.name}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        _log(f"wrote {path}")

@@ -1,0 +1,112 @@
+"""Round-to-nearest (RTN) weight quantization: the baseline every PTQ paper compares to.
+
+Serves the catalog record `case-for-4bit` ("The case for 4-bit precision: k-bit Inference Scaling
+Laws", Dettmers & Zettlemoyer, arXiv 2212.09720), whose experiments quantize weights by rounding to
+the nearest point of a per-block integer grid; and it is GPTQ's `--nearest` baseline.
+
+Implemented (fidelity: simplified): integer min-max grids with the conventions of the official GPTQ
+code (IST-DASLab/gptq `Quantizer.find_params` with `perchannel=True, mse=False`): per output row,
+asymmetric by default with an integer zero point `zero = round(-min/scale)`, the range always
+containing 0; symmetric with `scale = 2·max|w|/maxq` and the fixed zero `(maxq+1)/2`; groups of
+`group_size` consecutive input columns (-1 = the whole row), 2-8 bits.
+Not implemented: the paper's float / dynamic-exponent / quantile data types and its outlier-dependent
+block sizes, and MSE-optimal clipping (`mse=True` in the official code).
+
+The grid functions here (`minmax_params`, `fake_quantize`) are the single grid that GPTQ and other
+quantizers in this package reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reference_impls.common.registry import Option, register
+
+
+def minmax_params(w: torch.Tensor, *, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero) of a min-max grid for `w` (rows, cols); both (rows,)."""
+    maxq = 2**bits - 1
+    zeros = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    xmin = torch.minimum(w.min(1).values, zeros)  # the grid always represents 0 exactly
+    xmax = torch.maximum(w.max(1).values, zeros)
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        # As in the official code: only rows with a negative entry get a range symmetric around 0.
+        xmin = torch.where(xmin < 0, -xmax, xmin)
+    empty = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
+    xmax = torch.where(empty, torch.ones_like(xmax), xmax)
+    scale = (xmax - xmin) / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+    return scale, zero
+
+
+def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integer codes in [0, maxq]; `scale`/`zero` broadcast against `w`."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Quantize then de-quantize: the value the layer computes with, scale · (q − zero)."""
+    return scale * (quantize_int(w, scale, zero, maxq) - zero)
+
+
+@dataclass
+class QuantizedWeight:
+    weight: torch.Tensor  # de-quantized, (out, in)
+    scale: torch.Tensor  # (out, n_groups)
+    zero: torch.Tensor  # (out, n_groups)
+    g_idx: torch.Tensor  # (in,) group index of each input column
+
+
+def group_starts(in_features: int, group_size: int) -> range:
+    return range(0, in_features, in_features if group_size in (-1, 0) else group_size)
+
+
+def rtn(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False) -> QuantizedWeight:
+    """RTN with its grid parameters, for callers that store or check them."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    w = weight.float() if weight.dtype not in (torch.float32, torch.float64) else weight
+    maxq = 2**bits - 1
+    out = torch.empty_like(w)
+    scales, zeros = [], []
+    g_idx = torch.empty(w.shape[1], dtype=torch.long, device=w.device)
+    for g, i1 in enumerate(group_starts(w.shape[1], group_size)):
+        i2 = min(i1 + (w.shape[1] if group_size in (-1, 0) else group_size), w.shape[1])
+        scale, zero = minmax_params(w[:, i1:i2], bits=bits, sym=sym)  # (out,)
+        out[:, i1:i2] = fake_quantize(w[:, i1:i2], scale[:, None], zero[:, None], maxq)
+        scales.append(scale)
+        zeros.append(zero)
+        g_idx[i1:i2] = g
+    return QuantizedWeight(out.to(weight.dtype), torch.stack(scales, 1), torch.stack(zeros, 1), g_idx)
+
+
+def rtn_quantize(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False) -> torch.Tensor:
+    """The de-quantized RTN weight, same shape and dtype as `weight` (out, in)."""
+    return rtn(weight, bits=bits, group_size=group_size, sym=sym).weight
+
+
+@register(
+    "rtn", family="quantization", papers=["case-for-4bit"], fidelity="simplified",
+    summary="Round-to-nearest integer weight quantization (per-channel or group-wise, sym/asym)",
+    options={
+        "bits": Option(4, "bits per weight (2-8)"),
+        "group_size": Option(-1, "input columns per quantization group (-1 = whole row)"),
+        "sym": Option(False, "symmetric grid (no stored zero point)"),
+    },
+    bench=[{"bits": b, "group_size": g} for b in (3, 4, 8) for g in (-1, 128)],
+)
+def run_rtn(ctx, *, bits: int, group_size: int, sym: bool) -> dict:
+    """Quantize every linear layer of every block; no calibration data."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"--bits must be between 2 and 8, got {bits}")
+
+    def quantize(name: str, w: torch.Tensor) -> torch.Tensor:
+        ctx.ledger.add_quantized(name, *w.shape, bits=bits, group_size=group_size, sym=sym)
+        return rtn_quantize(w, bits=bits, group_size=group_size, sym=sym)
+
+    ctx.map_linears(quantize)
+    return {}

@@ -1,0 +1,177 @@
+"""Shared machinery: layer walking on every tiny architecture, statistics against an independent
+full-model capture, storage arithmetic, the registry and the `atlas impls` / `atlas run` commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from reference_impls.common import layerwise, registry, storage
+from reference_impls.common.adapters import adapter_for, get_weight
+from reference_impls.common.models import TINY_ARCHS, tiny_model
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def batches_for(arch: str, n: int = 3):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 128, (2, 12), generator=g)
+        batch = {"input_ids": ids}
+        if arch == "bert":  # padding in the second row: the mask must reach every block
+            mask = torch.ones_like(ids)
+            mask[1, 8:] = 0
+            batch["attention_mask"] = mask
+        out.append(batch)
+    return out
+
+
+def full_forward_inputs(model, adapter, batches):
+    """Inputs of every block linear from ordinary forward passes of the whole model (the oracle)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for i, block in enumerate(adapter.blocks(model)):
+        for name, lin in adapter.linears(block).items():
+            key = f"{i}.{name}"
+            seen[key] = []
+            handles.append(lin.register_forward_hook(lambda _m, inp, _o, k=key: seen[k].append(inp[0].detach())))
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    for h in handles:
+        h.remove()
+    return {k: torch.cat([x.reshape(-1, x.shape[-1]) for x in v]) for k, v in seen.items()}
+
+
+def zero_first_linear(ctx):
+    if ctx.index == 0:
+        first = next(iter(ctx.linears))
+        ctx.set_weight(first, torch.zeros_like(ctx.weight(first)))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("edit", [None, zero_first_linear], ids=["unchanged", "block0-edited"])
+def test_walk_statistics_match_a_full_forward(arch, edit):
+    # The oracle runs the finished model end to end: when block 0 is edited during the walk, block 1
+    # must have been calibrated on the edited block's outputs (the sequential scheme).
+    model = tiny_model(arch)
+    adapter = adapter_for(model)
+    batches = batches_for(arch)
+    stats = {}
+
+    def process(ctx):
+        for name, s in ctx.stats.items():
+            stats[f"{ctx.index}.{name}"] = (s.n_tokens, s.hessian.clone(), s.input_norm.clone(), s.act_max.clone(),
+                                            s.act_mean_abs.clone())
+        if edit is not None:
+            edit(ctx)
+
+    layerwise.walk_blocks(model, adapter, batches, process, stats=layerwise.STAT_NAMES)
+    oracle = full_forward_inputs(model, adapter, batches)
+    assert set(stats) == set(oracle)
+    for key, x in oracle.items():
+        n, hessian, norm, amax, mean_abs = stats[key]
+        if edit is not None and key.startswith("0."):
+            continue  # block 0's statistics were taken before the edit
+        assert n == x.shape[0]
+        torch.testing.assert_close(hessian, 2.0 / n * x.t() @ x, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(norm, x.norm(dim=0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(amax, x.abs().amax(0))
+        torch.testing.assert_close(mean_abs, x.abs().mean(0), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_walk_with_rtn_returns_a_model_that_runs(arch):
+    from reference_impls.quantization.rtn import rtn_quantize
+
+    model = tiny_model(arch)
+    adapter = adapter_for(model)
+    batches = batches_for(arch)
+    with torch.no_grad():
+        before = model(**batches[0])[0]
+
+    def process(ctx):
+        for name in ctx.linears:
+            ctx.set_weight(name, rtn_quantize(ctx.weight(name), bits=3))
+
+    layerwise.walk_blocks(model, adapter, batches, process, stats=())
+    with torch.no_grad():
+        after = model(**batches[0])[0]
+    assert after.shape == before.shape and torch.isfinite(after).all()
+    assert not torch.allclose(after, before)  # the blocks really were quantized
+
+
+def test_gpt2_conv1d_is_seen_in_linear_layout():
+    model = tiny_model("gpt2")
+    block = adapter_for(model).blocks(model)[0]
+    assert get_weight(block.attn.c_attn).shape == (3 * 64, 64)  # (out, in) although Conv1D stores (in, out)
+    assert get_weight(block.mlp.c_proj).shape == (64, 160)
+
+
+def test_adapter_input_groups_name_real_modules():
+    for arch in TINY_ARCHS:
+        model = tiny_model(arch)
+        adapter = adapter_for(model)
+        block = adapter.blocks(model)[0]
+        grouped = [n for g in adapter.input_groups for n in g.linears]
+        assert sorted(grouped) == sorted(adapter.linear_names)
+        for g in adapter.input_groups:
+            if g.prev is not None:
+                block.get_submodule(g.prev)
+
+
+def test_storage_arithmetic_by_hand():
+    # 4-bit, groups of 128, asymmetric: 4 + (16-bit scale + 4-bit zero) / 128 = 4.15625 bits per weight
+    assert storage.quantized_bits(4096, 4096, bits=4, group_size=128) / 4096**2 == pytest.approx(4.15625)
+    assert storage.quantized_bits(10, 300, bits=3, group_size=128, sym=True) == 10 * 300 * 3 + 10 * 3 * 16
+    # 2:4 sparsity: half the values at 16 bits, C(4,2)=6 patterns -> 3 bits per group of 4
+    assert storage.sparse_bits(8, 16, nonzeros=64, prune_n=2, prune_m=4) == 64 * 16 + 32 * 3
+    assert storage.sparse_bits(8, 16, nonzeros=64) == 64 * 16 + 128
+    ledger = storage.StorageLedger()
+    ledger.add_quantized("a", 4, 8, bits=8)
+    assert ledger.bits_per_weight() == pytest.approx(8 + 24 / 8)
+    assert ledger.model_bits(total_params=100) == 4 * 8 * 8 + 4 * 24 + 68 * 16
+    assert math.isclose(storage.StorageLedger().bits_per_weight(), 16.0)
+
+
+def test_registry_lists_rtn_and_gptq_with_their_papers():
+    methods = {m.name: m for m in registry.all_methods()}
+    assert methods["gptq"].papers == ("gptq",) and methods["gptq"].fidelity == "exact"
+    assert methods["rtn"].papers == ("case-for-4bit",)
+    assert methods["gptq"].options["group_size"].default == -1
+    with pytest.raises(registry.UnknownMethodError, match="did you mean 'gptq'"):
+        registry.get("gtpq")
+
+
+def test_method_option_parsing():
+    from catalog.commands.impl_cmds import parse_method_options
+
+    declared = registry.get("gptq").options
+    got = parse_method_options(["--bits", "3", "--group-size=64", "--act-order", "--no-sym", "--damp", "0.1"], declared)
+    assert got == {"bits": 3, "group_size": 64, "act_order": True, "sym": False, "damp": 0.1}
+    assert parse_method_options(["--act-order", "false"], declared) == {"act_order": False}
+    with pytest.raises(ValueError, match="--sparsity.*valid options: --bits"):
+        parse_method_options(["--sparsity", "0.5"], declared)
+    with pytest.raises(ValueError, match="--bits"):
+        parse_method_options(["--bits", "four"], declared)
+
+
+def test_cli_impls_json_and_run_errors():
+    from catalog.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["impls", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = {m["name"]: m for m in json.loads(res.stdout)}
+    assert {"name", "family", "papers", "fidelity", "options"} <= set(listed["gptq"])
+    res = runner.invoke(app, ["run", "rtn", "--bogus", "1"])
+    assert res.exit_code == 1 and "valid options" in res.stderr
+    res = runner.invoke(app, ["run", "nosuchmethod"])
+    assert res.exit_code == 1
+    res = runner.invoke(app, ["run", "rtn", "--model", "/nonexistent/model/dir"])
+    assert res.exit_code == 2, res.output
