@@ -91,11 +91,14 @@ def fp_quantize(x: torch.Tensor, fmt: str | FloatFormat, *, saturate: bool = Tru
     IEEE-style conversion.
     """
     f = get_format(fmt)
-    xf = x.to(torch.float64)  # float64 holds every step below exactly for any float32 input
+    # Scaling by powers of two and rounding are exact in float32 for float32/16/bf16 inputs, so
+    # float64 is only needed for float64 inputs.
+    xf = x if x.dtype == torch.float64 else x.to(torch.float32)
     a = xf.abs()
-    # Exponent of each value's binade; below the normal range the subnormal spacing is fixed.
-    e = torch.floor(torch.log2(torch.where(a > 0, a, torch.ones_like(a)))).clamp(min=f.min_exp)
-    ulp = torch.exp2(e - f.man_bits)
+    # Exponent of each value's binade, exactly (frexp: a = m·2^k, m in [0.5, 1)); below the normal
+    # range the subnormal spacing is fixed.
+    e = (torch.frexp(a).exponent - 1).clamp(min=f.min_exp)
+    ulp = torch.ldexp(torch.ones_like(a), e - f.man_bits)
     q = torch.round(a / ulp) * ulp  # torch.round rounds half to even
     q = torch.where(torch.isinf(a), a, q)  # inf / inf above would give NaN
     if saturate:

@@ -88,7 +88,7 @@ def _blocks(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
 def mx_shared_exponent(blocks: torch.Tensor, fmt: MXFormat) -> torch.Tensor:
     """Unbiased shared exponent per block (..., n_blocks, 1); all-zero blocks get the smallest."""
     amax = blocks.abs().amax(dim=-1, keepdim=True)
-    e = torch.floor(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax)))) - fmt.emax_elem
+    e = (torch.frexp(amax).exponent - 1 - fmt.emax_elem).to(amax.dtype)  # exact floor(log2 amax) - emax
     e = torch.where(amax > 0, e, torch.full_like(e, -SCALE_EMAX))
     return e.clamp(-SCALE_EMAX, SCALE_EMAX)
 
@@ -108,7 +108,8 @@ def mx_encode(x: torch.Tensor, fmt: str | MXFormat = "mxfp4", *, block_size: int
     The stored E8M0 byte of a block is shared_exp + 127.
     """
     f = get_mx_format(fmt)
-    blocks, _ = _blocks(x.to(torch.float64), block_size or f.block_size)
+    xf = x if x.dtype == torch.float64 else x.to(torch.float32)  # power-of-two scaling is exact
+    blocks, _ = _blocks(xf, block_size or f.block_size)
     shared_exp = mx_shared_exponent(blocks, f)
     return _quantize_elements(blocks / torch.exp2(shared_exp), f), shared_exp
 
