@@ -13,6 +13,7 @@ from reference_impls.quantization.awq import (
     awq_quantize,
     awq_scales,
     awq_search_scale,
+    fold_is_equivalent,
     fold_scales,
     rtn_quantizer,
 )
@@ -118,6 +119,25 @@ def test_fold_is_an_equivalent_transform_on_tiny_llama():
 
     walk_blocks(model, adapter, batches, process, stats=())
     assert torch.allclose(model(**batches[0]).logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_check_rejects_post_ln_norms():
+    seen = {}
+
+    def process(b):
+        if b.index == 0:
+            seen.update({g.prev: fold_is_equivalent(b, g) for g in b.adapter.input_groups if g.prev})
+
+    for arch in ("llama", "bert"):
+        model = tiny_model(arch)
+        walk_blocks(
+            model, adapter_for(model), [{"input_ids": torch.randint(0, 128, (2, 16))}], process, stats=()
+        )
+    # pre-LN Llama: norms feed only their linears; GQA's v_proj rows do not match o_proj's inputs
+    assert seen["input_layernorm"] and seen["post_attention_layernorm"] and seen["mlp.up_proj"]
+    assert not seen["self_attn.v_proj"]
+    # post-LN BERT: the attention output LayerNorm also feeds the residual, so it cannot absorb scales
+    assert not seen["attention.output.LayerNorm"] and seen["attention.self.value"]
 
 
 def test_awq_block_beats_rtn_on_tiny_llama_with_salient_channels():
