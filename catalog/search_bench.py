@@ -27,7 +27,7 @@ import numpy as np
 from catalog.index import FIELDS, DenseIndex, QueryEncoder, embed_texts, field_texts, load_or_build
 from catalog.load import CatalogInvalid, load_catalog, load_records
 from catalog.schema import Record
-from catalog.search import DEFAULT_MODE, MODES, SearchConfig, Searcher
+from catalog.search import DEFAULT_MODE, MODES, Hit, SearchConfig, Searcher
 
 EVAL_FILE = Path(__file__).resolve().parent.parent / "tests" / "data" / "search_eval.jsonl"
 RESULTS = Path("results") / "search.json"
@@ -78,6 +78,21 @@ def similar_score(searcher: Searcher) -> dict:
         if related:
             recalls.append(recall_at([h.record.id for h in searcher.similar(r.id, K)], related))
     return {"recall@10_of_related": round(float(np.mean(recalls)), 4) if recalls else None, "records": len(recalls)}
+
+
+class DenseOnlySimilar:
+    """`similar` without the keyword side, for the ablation."""
+
+    def __init__(self, searcher: Searcher):
+        self.searcher, self.records, self.position = searcher, searcher.records, searcher.position
+
+    def similar(self, record_id: str, top_k: int):
+        s = self.searcher
+        me = s.position[record_id]
+        allowed = np.ones(len(s.records), dtype=bool)
+        allowed[me] = False
+        ranking = s.dense_ranking(s.record_vectors()[me], allowed, len(s.records))
+        return [Hit(s.records[i], score) for i, score in ranking[:top_k]]
 
 
 class MemoEncoder:
@@ -141,8 +156,9 @@ def quality(records: list[Record], dense: DenseIndex, concat: DenseIndex, querie
         "bm25 title/tags x3": dataclasses.replace(base, title_repeat=3),
     }
     report["fusion_ablation_tune"] = {name: score(searcher(c), tune, "hybrid") for name, c in fusions.items()}
-    report["similar"] = {"mean pooling [default]": similar_score(chosen),
-                         "one truncated text": similar_score(searcher(base, concat))}
+    report["similar"] = {"pooled vector + bm25 of title/tags/taxonomy [default]": similar_score(chosen),
+                         "dense only (pooled vector)": similar_score(DenseOnlySimilar(chosen)),
+                         "dense only, one truncated text": similar_score(DenseOnlySimilar(searcher(base, concat)))}
     return report
 
 
