@@ -109,8 +109,14 @@ def test_similar_finds_the_same_family(searcher):
 # -- the command line ----------------------------------------------------------------------------
 
 def cli(args, small_catalog, cache):
+    """A real process: stdout must hold the JSON and nothing else."""
     return subprocess.run([ATLAS, *args, "--papers", str(small_catalog), "--cache-dir", str(cache)],
                           capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def invoke(args, small_catalog, cache):
+    """In process (faster); result.stdout and result.stderr are kept apart."""
+    return runner.invoke(app, [*args, "--papers", str(small_catalog), "--cache-dir", str(cache)])
 
 
 def test_cli_search_json_is_exactly_the_contract(small_catalog, built):
@@ -125,11 +131,11 @@ def test_cli_search_json_is_exactly_the_contract(small_catalog, built):
 
 def test_cli_similar_and_filters(small_catalog, built):
     _, cache, _ = built
-    proc = cli(["similar", "wanda", "--json", "--top", "2"], small_catalog, cache)
-    assert proc.returncode == 0, proc.stderr
-    assert "wanda" not in [h["id"] for h in json.loads(proc.stdout)]
-    proc = cli(["search", "pruning", "--json", "--theme", "memory", "--year-from", "2023"], small_catalog, cache)
-    hits = json.loads(proc.stdout)
+    result = invoke(["similar", "wanda", "--json", "--top", "2"], small_catalog, cache)
+    assert result.exit_code == 0, result.stderr
+    assert "wanda" not in [h["id"] for h in json.loads(result.stdout)]
+    result = invoke(["search", "pruning", "--json", "--theme", "memory", "--year-from", "2023"], small_catalog, cache)
+    hits = json.loads(result.stdout)
     assert hits and all("memory" in h["themes"] and h["year"] >= 2023 for h in hits)
 
 
@@ -143,14 +149,14 @@ def test_cli_table_for_people(small_catalog, built):
 
 def test_cli_index_reports_fresh_and_blocked_cache(small_catalog, built, tmp_path):
     _, cache, _ = built
-    proc = cli(["index"], small_catalog, cache)
-    assert proc.returncode == 0 and "fresh" in proc.stderr
+    result = invoke(["index"], small_catalog, cache)
+    assert result.exit_code == 0 and "fresh" in result.stderr
     blocker = tmp_path / "blocked"
     blocker.write_text("not a directory")
-    proc = cli(["index"], small_catalog, blocker)
-    assert proc.returncode == 2 and "cannot create" in proc.stderr
-    proc = cli(["search", "kv cache", "--json", "--top", "1"], small_catalog, blocker)  # degrades, still answers
-    assert proc.returncode == 0 and "warning" in proc.stderr and json.loads(proc.stdout)
+    result = invoke(["index"], small_catalog, blocker)
+    assert result.exit_code == 2 and "cannot create" in result.stderr
+    result = invoke(["search", "kv cache", "--json", "--top", "1"], small_catalog, blocker)  # degrades, still answers
+    assert result.exit_code == 0 and "warning" in result.stderr and json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("args,message", [
