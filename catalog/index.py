@@ -339,8 +339,11 @@ def load_or_build(records: Sequence[Record], cache_dir: Path | None, *, progress
     if root is not None:
         manifest = {"format": FORMAT_VERSION, "model": model, "ids": ids, "digests": digests,
                     "fields": list(FIELDS), "checksum": _checksum(fields), "created": time.time()}
-        _write(root, key, manifest, fields)
-        _prune(root, keep=key)
+        try:
+            _write(root, key, manifest, fields)
+            _prune(root, keep=key)
+        except OSError as exc:  # a full disk must not cost the user the vectors just computed
+            log(f"warning: could not save the search index in {root} ({exc.strerror or exc}); it is rebuilt next time")
     if todo:
         log(f"search index: embedded {len(todo)} record(s), reused {len(records) - len(todo)}")
     return DenseIndex(ids=ids, fields=fields, key=key, embedded=len(texts))

@@ -326,3 +326,14 @@ def test_results_file_when_present_has_every_mode():
 def test_vectorized_filter_agrees_with_the_plain_rule(filters):
     s = searcher_for(RECORDS, "alpha")
     assert list(s._allowed(filters)) == [filters.accepts(r) for r in RECORDS]
+
+
+def test_a_failed_save_still_returns_the_index(tmp_path, fake_embed, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index_mod, "_write", disk_full)
+    messages = []
+    built = load_or_build(RECORDS, tmp_path, progress=False, log=messages.append)
+    assert built.fields.shape[0] == len(RECORDS)
+    assert any("No space left" in m for m in messages)
