@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from reference_impls.quantization.llm_int8 import Int8Linear, int8_vectorwise_matmul, llm_int8_matmul
+from reference_impls.quantization.llm_int8 import (
+    Int8Linear,
+    exact_accumulator,
+    int8_vectorwise_matmul,
+    llm_int8_matmul,
+)
 
 
 def test_vectorwise_int8_by_hand():
@@ -18,6 +23,15 @@ def test_vectorwise_int8_by_hand():
             acc = sum(round(x[i, k].item() * cx) * round(w[j, k].item() * cw) for k in range(3))
             want[i, j] = acc / (cx * cw)
     assert torch.allclose(int8_vectorwise_matmul(x, w).double(), want, atol=1e-6)
+
+
+def test_accumulator_is_exact_at_its_worst_case():
+    # all-maximal int8 operands: 127·127·1039 = 16 758 031 < 2^24 is still exact in float32
+    for n_in in (1039, 1040, 2048):
+        x = torch.ones(2, n_in)
+        w = -torch.ones(3, n_in)
+        assert torch.equal(int8_vectorwise_matmul(x, w), torch.full((2, 3), -float(n_in)))
+    assert exact_accumulator(1039) == torch.float32 and exact_accumulator(1040) == torch.float64
 
 
 def test_without_outliers_equals_plain_vectorwise_int8():

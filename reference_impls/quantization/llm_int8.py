@@ -19,7 +19,7 @@ the original 16-bit weights, the paper's equation 5 literally (at the cost of ke
 
 Implemented: the decomposition above as a pure function and an nn.Module replacement for Linear
 layers; the reported outlier fraction is the share of feature dimensions routed to 16 bits.
-Not implemented: int8 CUDA kernels (the int32 accumulation is simulated exactly in float64), the
+Not implemented: int8 CUDA kernels (the int32 accumulation is simulated exactly in float32 or float64), the
 paper's analysis criteria for "systematic" outliers (≥ 25% of layers, ≥ 6% of tokens), int8 training.
 
 Fidelity: exact.
@@ -43,12 +43,19 @@ def absmax_int8(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return q, absmax
 
 
+def exact_accumulator(in_features: int) -> torch.dtype:
+    """A float dtype in which the int32 accumulation of int8 products is exact: float32 holds every
+    integer below 2^24, enough when in_features · 127² < 2^24 (in_features < 1040), else float64."""
+    return torch.float32 if in_features * INT8_MAX**2 < 2**24 else torch.float64
+
+
 def int8_vectorwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Vector-wise int8 X Wᵀ: x (n, in), weight (out, in) -> (n, out), float32."""
-    xq, sx = absmax_int8(x.double(), dim=-1)  # (n, in), (n, 1)
-    wq, sw = absmax_int8(weight.double(), dim=-1)  # (out, in), (out, 1)
-    acc = xq @ wq.T  # integer-valued, exact in float64 for any realistic in_features
-    return (acc * (sx * sw.T) / INT8_MAX**2).float()
+    acc_dtype = exact_accumulator(x.shape[-1])
+    xq, sx = absmax_int8(x.to(acc_dtype), dim=-1)  # (n, in), (n, 1)
+    wq, sw = absmax_int8(weight.to(acc_dtype), dim=-1)  # (out, in), (out, 1)
+    acc = xq @ wq.T  # integer-valued and exact: the simulated int32 accumulator
+    return (acc.double() * (sx.double() * sw.double().T) / INT8_MAX**2).float()
 
 
 def outlier_dims(x: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
@@ -69,9 +76,10 @@ def llm_int8_matmul(
     """
     outliers = outlier_dims(x, threshold)  # (in,)
     x_reg = torch.where(outliers, torch.zeros_like(x), x)  # outlier columns leave the int8 part
-    wq, sw = absmax_int8(weight.double(), dim=-1)  # the stored weight: per-row int8
-    xq, sx = absmax_int8(x_reg.double(), dim=-1)
-    y = ((xq @ wq.T) * (sx * sw.T) / INT8_MAX**2).float()  # (n, out)
+    acc_dtype = exact_accumulator(x.shape[-1])
+    wq, sw = absmax_int8(weight.to(acc_dtype), dim=-1)  # the stored weight: per-row int8
+    xq, sx = absmax_int8(x_reg.to(acc_dtype), dim=-1)
+    y = ((xq @ wq.T).double() * (sx.double() * sw.double().T) / INT8_MAX**2).float()  # (n, out)
     if outliers.any():
         w_o = weight[:, outliers] if fp16_weights else (wq[:, outliers] * sw / INT8_MAX).float()  # (out, |O|)
         x_o = x[:, outliers].half().float()  # 16-bit activations of the outlier dims
