@@ -26,12 +26,12 @@ def test_vectorwise_int8_by_hand():
 
 
 def test_accumulator_is_exact_at_its_worst_case():
-    # all-maximal int8 operands: 127·127·1039 = 16 758 031 < 2^24 is still exact in float32
-    for n_in in (1039, 1040, 2048):
+    # all-maximal int8 operands: 127·127·1040 = 16 774 160 < 2^24 is still exact in float32
+    for n_in in (1040, 1041, 2048):
         x = torch.ones(2, n_in)
         w = -torch.ones(3, n_in)
         assert torch.equal(int8_vectorwise_matmul(x, w), torch.full((2, 3), -float(n_in)))
-    assert exact_accumulator(1039) == torch.float32 and exact_accumulator(1040) == torch.float64
+    assert exact_accumulator(1040) == torch.float32 and exact_accumulator(1041) == torch.float64
 
 
 def test_without_outliers_equals_plain_vectorwise_int8():

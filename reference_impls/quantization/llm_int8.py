@@ -45,7 +45,7 @@ def absmax_int8(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def exact_accumulator(in_features: int) -> torch.dtype:
     """A float dtype in which the int32 accumulation of int8 products is exact: float32 holds every
-    integer below 2^24, enough when in_features · 127² < 2^24 (in_features < 1040), else float64."""
+    integer below 2^24, enough when in_features · 127² < 2^24 (in_features ≤ 1040), else float64."""
     return torch.float32 if in_features * INT8_MAX**2 < 2**24 else torch.float64
 
 
