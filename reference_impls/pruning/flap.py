@@ -101,7 +101,7 @@ def flap_prune_layer(layer, attn_keep: torch.Tensor, mlp_keep: torch.Tensor, att
 
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
 from reference_impls.pruning.structure import InputStats, count_params, decoder_layers  # noqa: E402
 
 
@@ -133,7 +133,7 @@ def run_flap(ctx, *, pruning_ratio: float) -> dict:
     layers = decoder_layers(ctx.model)
     sizes = dense_linear_sizes(ctx)
     params_dense = count_params(ctx.model)
-    dense_ms = forward_latency_ms(ctx.model)
+    probe = LatencyProbe(ctx.model)
     attn_scores, mlp_scores, attn_means, mlp_means = [], [], [], []
 
     def measure(block):  # statistics only: the walk leaves every block dense
@@ -166,5 +166,5 @@ def run_flap(ctx, *, pruning_ratio: float) -> dict:
         "params_removed": 1 - count_params(ctx.model) / params_dense,
         "kv_groups_kept": [int(k.sum()) for k in attn_keep],
         "mlp_channels_kept": [int(k.sum()) for k in mlp_keep],
-        **latency_metrics(dense_ms, forward_latency_ms(ctx.model)),
+        **probe.metrics(ctx.model),
     }

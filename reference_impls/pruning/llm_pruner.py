@@ -140,7 +140,7 @@ def llm_pruner_prune(
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.flap import dense_linear_sizes, record_structured  # noqa: E402
-from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
 from reference_impls.pruning.structure import count_params  # noqa: E402
 
 
@@ -163,7 +163,7 @@ def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps,
         raise ValueError("llm-pruner needs a causal LM: its importance is the gradient of the LM loss")
     sizes = dense_linear_sizes(ctx)
     params_dense = count_params(ctx.model)
-    dense_ms = forward_latency_ms(ctx.model)
+    probe = LatencyProbe(ctx.model)
     batches = ctx.calibration
     llm_pruner_prune(ctx.model, batches[:gradient_batches], ratio=ratio, skip_layers=skip_layers)
     losses = lora_recover(ctx.model, batches, steps=recovery_steps, rank=lora_rank) if recovery_steps else []
@@ -171,5 +171,5 @@ def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps,
     out = {"params_removed": 1 - count_params(ctx.model) / params_dense}
     if losses:
         out.update(recovery_loss_first=losses[0], recovery_loss_last=losses[-1])
-    out.update(latency_metrics(dense_ms, forward_latency_ms(ctx.model)))
+    out.update(probe.metrics(ctx.model))
     return out

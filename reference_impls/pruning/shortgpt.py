@@ -90,7 +90,7 @@ def shortgpt_prune(model: nn.Module, batches: Iterable, *, n_remove: int = 1) ->
 
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
 from reference_impls.pruning.structure import count_params  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def run_shortgpt(ctx, *, n_remove: int) -> dict:
     blocks, path = blocks_of(ctx.model)
     sizes = [{n: m.weight.numel() for n, m in ctx.adapter.linears(b).items()} for b in blocks]
     params_dense = count_params(ctx.model)
-    dense_ms = forward_latency_ms(ctx.model) if ctx.loaded.kind == "causal" else None
+    probe = LatencyProbe(ctx.model) if ctx.loaded.kind == "causal" else None
     influence = model_block_influence(ctx.model, ctx.calibration)
     drop = layers_to_remove(influence, n_remove)
     remove_blocks(ctx.model, drop)
@@ -118,6 +118,6 @@ def run_shortgpt(ctx, *, n_remove: int) -> dict:
         "block_influence": [round(float(b), 6) for b in influence],
         "params_removed": 1 - count_params(ctx.model) / params_dense,
     }
-    if dense_ms is not None:
-        out.update(latency_metrics(dense_ms, forward_latency_ms(ctx.model)))
+    if probe is not None:
+        out.update(probe.metrics(ctx.model))
     return out

@@ -179,7 +179,7 @@ def slicegpt_prune(model: nn.Module, batches: Iterable[torch.Tensor], *, sparsit
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.flap import dense_linear_sizes, record_structured  # noqa: E402
-from reference_impls.pruning.latency import forward_latency_ms, latency_metrics  # noqa: E402
+from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
 from reference_impls.pruning.structure import count_params  # noqa: E402
 
 
@@ -198,7 +198,8 @@ def run_slicegpt(ctx, *, sparsity: float) -> dict:
         )
     sizes = dense_linear_sizes(ctx)
     params_dense = count_params(ctx.model)
-    dense_ms = forward_latency_ms(ctx.model)
+    probe = LatencyProbe(ctx.model)
+    blocks_dense = count_params(decoder_layers(ctx.model))
     width = ctx.model.model.embed_tokens.weight.shape[1]
     d = slicegpt_prune(ctx.model, ctx.calibration, sparsity=sparsity)
     record_structured(ctx, sizes)
@@ -208,6 +209,8 @@ def run_slicegpt(ctx, *, sparsity: float) -> dict:
     return {
         "hidden_size": width,
         "sliced_hidden_size": d,
+        # whole model: untying a tied embedding adds a head matrix, so this can be negative
         "params_removed": 1 - count_params(ctx.model) / params_dense,
-        **latency_metrics(dense_ms, forward_latency_ms(ctx.model)),
+        "block_params_removed": 1 - count_params(decoder_layers(ctx.model)) / blocks_dense,
+        **probe.metrics(ctx.model),
     }
