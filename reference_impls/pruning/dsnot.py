@@ -140,6 +140,7 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
     "dsnot",
     family="pruning",
     papers=["dsnot"],
+    bench=[{"sparsity": 0.6}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.6, "skip_mlp": False}],
     fidelity="simplified",
     summary="DSnoT: training-free prune-and-grow refinement of a magnitude / Wanda / SparseGPT mask",
     options={

@@ -125,6 +125,8 @@ def dense_linear_sizes(ctx) -> dict[str, int]:
     "flap",
     family="pruning",
     papers=["flap"],
+    bench=[{"pruning_ratio": 0.2}],
+    bench_models=("causal",),
     fidelity="exact",
     summary="FLAP: fluctuation-based head/channel removal with a global adaptive structure and bias compensation",
     options={"pruning_ratio": Option(0.2, "fraction of the decoder linears' parameters to remove")},

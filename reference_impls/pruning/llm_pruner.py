@@ -148,6 +148,8 @@ from reference_impls.pruning.structure import count_params  # noqa: E402
     "llm-pruner",
     family="pruning",
     papers=["llm-pruner"],
+    bench=[{"ratio": 0.2}],
+    bench_models=("causal",),
     fidelity="simplified",
     summary="LLM-Pruner: Taylor importance of coupled head/channel groups, removal, short LoRA recovery",
     options={

@@ -53,6 +53,7 @@ def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]
     "magnitude",
     family="pruning",
     papers=[],
+    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.7}],
     fidelity="exact",
     summary="Magnitude pruning baseline: one |W| threshold per matrix, or N:M",
     options=SPARSITY_OPTIONS,

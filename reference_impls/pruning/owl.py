@@ -45,6 +45,7 @@ from reference_impls.pruning.wanda import wanda_prune, wanda_score  # noqa: E402
     "owl",
     family="pruning",
     papers=["owl"],
+    bench=[{"sparsity": 0.7}, {"sparsity": 0.7, "base": "sparsegpt"}],
     fidelity="exact",
     summary="OWL: per-layer sparsity from the layer's share of outlier Wanda scores, then Wanda or SparseGPT",
     options={

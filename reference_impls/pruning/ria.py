@@ -144,6 +144,7 @@ from reference_impls.pruning.storage import record_sparse  # noqa: E402
     "ria",
     family="pruning",
     papers=["ria"],
+    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"prune_n": 2, "prune_m": 4, "permute": False}],
     fidelity="exact",
     summary="RIA: relative importance × activation^a; N:M with channel permutation (heuristic + LSA)",
     options={

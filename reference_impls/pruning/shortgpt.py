@@ -98,6 +98,7 @@ from reference_impls.pruning.structure import count_params  # noqa: E402
     "shortgpt",
     family="pruning",
     papers=["shortgpt"],
+    bench=[{"n_remove": 1}, {"n_remove": 2}],
     fidelity="exact",
     summary="ShortGPT: remove the layers whose output is most similar to their input (Block Influence)",
     options={"n_remove": Option(1, "number of layers to remove")},

@@ -187,6 +187,8 @@ from reference_impls.pruning.structure import count_params  # noqa: E402
     "slicegpt",
     family="pruning",
     papers=["slicegpt"],
+    bench=[{"sparsity": 0.25}],
+    bench_models=("causal",),
     fidelity="exact",
     summary="SliceGPT: PCA rotations of the residual stream (RMSNorm invariance), then delete rows and columns",
     options={"sparsity": Option(0.25, "fraction of the residual width removed")},

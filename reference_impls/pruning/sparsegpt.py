@@ -119,6 +119,12 @@ from reference_impls.pruning.storage import record_sparse  # noqa: E402
     "sparsegpt",
     family="pruning",
     papers=["sparsegpt"],
+    bench=[
+        {"sparsity": 0.5},
+        {"prune_n": 2, "prune_m": 4},
+        {"sparsity": 0.7},
+        {"sparsity": 0.5, "bits": 4, "group_size": 128},
+    ],
     fidelity="exact",
     summary="SparseGPT: OBS mask selection and weight update, unstructured or N:M, optional joint quantization",
     options={

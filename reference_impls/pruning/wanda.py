@@ -50,6 +50,7 @@ from reference_impls.pruning.storage import record_sparse  # noqa: E402
     "wanda",
     family="pruning",
     papers=["wanda"],
+    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.7}],
     fidelity="exact",
     summary="Wanda: prune by |W|·‖X‖ within each output row, no weight update",
     options=SPARSITY_OPTIONS,
