@@ -97,3 +97,20 @@ def test_owl_ratio_definition_and_allocation():
     assert max(sp) - min(sp) == pytest.approx(0.16)
     assert sp[1] == min(sp) and sp[0] == max(sp)  # most outliers -> least pruned
     assert owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
+
+
+def test_ria_lsa_step_matches_brute_force_over_all_assignments():
+    import itertools
+
+    from reference_impls.pruning.ria import _lsa_position
+
+    g = torch.Generator().manual_seed(7)
+    score = torch.rand(6, 16, generator=g) ** 3  # 4 groups of 4
+    for position in range(4):
+        best = 0.0
+        for donors in itertools.permutations(range(4)):
+            local = torch.arange(16)
+            local[torch.arange(4) * 4 + position] = torch.tensor(donors) * 4 + position
+            best = max(best, retained_score(score[:, local], 2, 4))
+        chosen = retained_score(score[:, _lsa_position(score, 2, 4, position)], 2, 4)
+        assert chosen == pytest.approx(best, rel=1e-6)
