@@ -2,14 +2,14 @@
 Alistarh; arXiv 2301.00774).
 
 Implemented: the OBS-based mask selection and weight update in the lazy-batch formulation of the
-official code: H = 2/n·ΣxxᵀHessian proxy, dead inputs set to H[d,d]=1 and W[:,d]=0, damping by
+official code: Hessian proxy H = 2/n·Σxxᵀ, dead inputs set to H[d,d]=1 and W[:,d]=0, damping by
 `damp`·mean(diag H), U = upper Cholesky factor of H⁻¹; adaptive masks chosen per block of
 `block_size` columns jointly over all rows by w²/[U]ₖₖ² (eq. 3 of the paper with the Cholesky
 trick), N:M masks per group of M consecutive inputs chosen when the sweep reaches the group; the
 error of each pruned (and optionally quantized) column is spread onto the remaining columns of the
 block, and the block's accumulated error onto all later columns (Algorithm 1). Joint quantization
-(`bits`) uses the GPTQ grid (`minmax_params`/`fake_quantize`, via `reference_impls.quantization.gptq`), with the group's scale and zero
-taken when the sweep reaches the group's first column, as GPTQ does.
+(`bits`) uses the GPTQ grid (`minmax_params`, `fake_quantize` via `reference_impls.quantization.gptq`),
+the group's scale and zero taken when the sweep reaches the group's first column, as GPTQ does.
 Deviation: each adaptive block prunes exactly ⌊count·sparsity⌋ weights (the official threshold
 `<= sorted[k]` prunes one more, so 0% sparsity would still prune one weight per block).
 Not implemented: the repository's per-layer `minlayer/maxlayer` switches and the 50%-sparse-prefix
