@@ -20,10 +20,25 @@ def normalize_title(title: str) -> str:
 
 
 def _module_exists(name: str) -> bool:
+    """Whether `name` resolves to a source file, found without importing anything.
+
+    Importing would pull in torch (seconds) for every `atlas` command; that the module also
+    imports and registers is checked by tests/test_impl_links.py.
+    """
+    top, *rest = name.split(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(top)  # a top-level lookup executes nothing
     except (ImportError, ValueError):
         return False
+    if spec is None:
+        return False
+    if not rest:
+        return True
+    for location in spec.submodule_search_locations or []:
+        base = Path(location).joinpath(*rest)
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return True
+    return False
 
 
 def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> list[CatalogError]:

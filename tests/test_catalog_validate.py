@@ -196,3 +196,12 @@ def test_year_may_precede_arxiv_when_published_first(tmp_path):
     # EasyQuant: EMNLP 2023 proceedings (Dec 2023) before its arXiv version 2403.02775
     write_catalog(tmp_path, {"alpha": record_text("alpha", arxiv="2403.02775", year=2023)})
     assert validate(tmp_path)[0] == 0
+
+
+def test_impl_module_must_exist(tmp_path):
+    two_good(tmp_path)
+    extra = "impl:\n  module: reference_impls.quantization.gptqq\n  fidelity: exact\n"
+    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra=extra))
+    assert "beta.yaml:26: impl: module 'reference_impls.quantization.gptqq' cannot be imported" in single_error(tmp_path)
+    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra=extra.replace("gptqq", "gptq")))
+    assert validate(tmp_path)[0] == 0
