@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                    help="bf16: autocast matmuls to bfloat16 (fp32 master weights), about 2x faster on CPUs with AVX512-BF16; the committed model used fp32.")
     p.add_argument("--resplit", action="store_true", help="Draw a new train/calibration/held-out split.")
+    p.add_argument("--card-only", action="store_true", help="Rewrite README.md from training_stats.json and stop.")
     return p.parse_args()
 
 
@@ -113,8 +114,79 @@ def unigram_perplexity(train: torch.Tensor, heldout: torch.Tensor, context: int,
     return math.exp(-logp[targets].mean().item())
 
 
+def write_model_card(out: Path, stats: dict) -> None:
+    """The model card, generated from the numbers the training run recorded."""
+    c = stats["config"]
+    heldout = sorted(corpus._read_list(corpus.HELDOUT_LIST))
+    calibration = sorted(corpus._read_list(corpus.CALIBRATION_LIST))
+    flags = "" if c.get("threads", 2) == 2 else f" --threads {c['threads']}"
+    card = f"""# causal-lm: the project's small Llama-architecture language model
+
+A {stats['params'] / 1e6:.2f}M-parameter `LlamaForCausalLM` trained from scratch on Python source code, so
+that every compression method in `reference_impls/` has a real causal LM to compress on any machine.
+Built by `scripts/train_causal_lm.py` (`make model`); tests load it from here and never retrain it.
+
+## Architecture
+| | |
+|---|---|
+| layers | {c['layers']} decoder blocks (RMSNorm, SwiGLU MLP, RoPE) |
+| hidden / MLP | {c['hidden']} / {c['intermediate']} |
+| attention | {c['heads']} query heads, {c['kv_heads']} key-value heads (grouped-query attention) |
+| context | {c['context']} tokens |
+| vocabulary | {c['vocab_size']} byte-level BPE tokens (`tokenizers`), trained on the training split |
+| embeddings | input and output embeddings tied |
+| parameters | {stats['params']:,} (float32 safetensors) |
+
+## Corpus and split
+The `.py` files of the standard library of the interpreter that runs the script (Python
+{stats['python']} here), sorted by path, without `test/`, `tests/`, `idle_test/`, `site-packages/`,
+and the generated data modules `encodings` (codec tables) and `pydoc_data` (one huge string).
+The split is by top-level module (a package and all its files are one unit), so sibling files never
+straddle two parts; the unit lists are committed beside this card and make the split identical on
+every machine with the same Python version (units absent from another version are skipped).
+
+| part | files | characters | tokens |
+|---|---|---|---|
+| train | {stats['files']['train']} | {stats['chars']['train']:,} | {stats['tokens']['train']:,} |
+| calibration ({len(calibration)} units, `calibration_modules.txt`) | {stats['files']['calibration']} | {stats['chars']['calibration']:,} | {stats['tokens']['calibration']:,} |
+| held-out ({len(heldout)} units, `heldout_modules.txt`) | {stats['files']['heldout']} | {stats['chars']['heldout']:,} | {stats['tokens']['heldout']:,} |
+
+Held-out units: {', '.join(heldout)}.
+Calibration units: {', '.join(calibration)}.
+
+## Training
+AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices), peak learning rate {c['lr']}, {c['warmup']} warm-up
+steps then cosine decay to 10%, {c['steps']} steps of {c['batch']} random windows of {c['context']} tokens
+({c['steps'] * c['batch'] * c['context'] / 1e6:.2f}M tokens, {c['steps'] * c['batch'] * c['context'] / stats['tokens']['train']:.1f} passes over the training split), gradient
+clipping at 1.0, seed {c['seed']}, precision {c.get('precision', 'fp32')}, {c['threads']} CPU thread(s), torch {stats['torch']}.
+Training took {stats['train_seconds'] / 60:.1f} minutes ({stats['total_seconds'] / 60:.1f} minutes in all, tokenizer and
+evaluation included) on a shared 2-core CPU. Final training loss (moving average): {stats['final_train_loss_ema']:.3f}.
+
+## Evaluation (held-out modules, non-overlapping windows of {c['context']} tokens)
+| model | perplexity |
+|---|---|
+| this model | **{stats['heldout_perplexity']:.2f}** |
+| unigram baseline (add-one smoothed training-token frequencies) | {stats['unigram_perplexity']:.2f} |
+
+Greedy continuation of `{stats['sample_prompt']!r}`:
+
+```python
+{stats['sample']}
+```
+
+## Rebuild
+`.venv/bin/python scripts/train_causal_lm.py{flags}` rewrites the weights, tokenizer, `training_stats.json` and
+this card (`--precision bf16` trains about twice as fast on CPUs with AVX512-BF16; other thread
+counts and precisions give slightly different weights).
+"""
+    (out / "README.md").write_text(card)
+
+
 def main() -> None:
     args = parse_args()
+    if args.card_only:
+        write_model_card(args.out, json.loads((args.out / "training_stats.json").read_text()))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
@@ -190,6 +262,7 @@ def main() -> None:
         "python": platform.python_version(), "torch": torch.__version__, "sample_prompt": prompt, "sample": sample,
     }
     (args.out / "training_stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
+    write_model_card(args.out, stats)
     print(json.dumps({k: v for k, v in stats.items() if k != "sample"}, default=str), flush=True)
 
 

@@ -175,3 +175,16 @@ def test_cli_impls_json_and_run_errors():
     assert res.exit_code == 1
     res = runner.invoke(app, ["run", "rtn", "--model", "/nonexistent/model/dir"])
     assert res.exit_code == 2, res.output
+
+
+@pytest.mark.slow
+def test_run_saves_a_model_that_reloads_with_the_same_perplexity(tmp_path):
+    from reference_impls.common import data, evaluate
+    from reference_impls.common.models import load_model
+    from reference_impls.common.runner import run_method
+
+    rec = run_method("rtn", model="causal", eval_windows=4, save=tmp_path, options={"bits": 4, "group_size": 128})
+    assert rec["metrics"]["perplexity"] > rec["metrics"]["perplexity_fp"]  # 4-bit costs something
+    reloaded = load_model(str(tmp_path))
+    ppl = evaluate.perplexity(reloaded.model, data.heldout_windows(reloaded, max_windows=4))
+    assert ppl == pytest.approx(rec["metrics"]["perplexity"], rel=1e-5)

@@ -33,18 +33,24 @@ def perplexity(model, windows: torch.Tensor, *, batch_size: int = 8) -> float:
 
 
 @torch.no_grad()
-def embed(model, tokenizer, texts: list[str], *, batch_size: int = 32, max_length: int = 256) -> torch.Tensor:
-    """Mean-pooled, normalised embeddings (n_texts, hidden), in float32 on CPU."""
+def embed(model, tokenizer, texts: list[str], *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Mean-pooled, normalised embeddings (n_texts, hidden), in float32 on CPU.
+
+    128 tokens is the length all-MiniLM-L6-v2 was trained at; texts are batched by length so that
+    padding costs little, and returned in their original order.
+    """
     device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt").to(device)
+        chunk = [texts[j] for j in order[i : i + batch_size]]
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
         hidden = model(**enc).last_hidden_state.float()  # (b, seq, hidden)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (b, seq, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         out.append(F.normalize(pooled, dim=-1).cpu())
-    return torch.cat(out)
+    emb = torch.cat(out)
+    return emb[torch.argsort(torch.tensor(order))]  # back to the order of `texts`
 
 
 @dataclass
