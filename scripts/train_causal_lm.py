@@ -174,6 +174,17 @@ Greedy continuation of `{stats['sample_prompt']!r}`:
 {stats['sample']}
 ```
 
+## Limitations
+The training budget is small (under one pass over {stats['tokens']['train'] / 1e6:.1f}M training tokens, chosen so
+that `make model` fits in well under an hour on a 2-core CPU that other jobs share), so the model is
+under-trained: it has learned Python's surface structure (indentation, `def`/`class` lines,
+docstrings, common identifiers) and sits {stats['unigram_perplexity'] / stats['heldout_perplexity']:.1f}x below the unigram
+perplexity, but its greedy continuations are repetitive rather than working code. Under-trained
+weights stay close to their random initialisation and are easier to quantize than those of a fully
+trained LLM, so compression losses measured on it are smaller than on real models; compare methods
+with each other on it, not with published numbers. More steps (`--steps`, with `--precision bf16`)
+give a stronger model from the same script.
+
 ## Rebuild
 `.venv/bin/python scripts/train_causal_lm.py{flags}` rewrites the weights, tokenizer, `training_stats.json` and
 this card (`--precision bf16` trains about twice as fast on CPUs with AVX512-BF16; other thread
