@@ -98,32 +98,32 @@ def awq_clip_search(
     n_grid: int = 20,
     max_shrink: float = 0.5,
     n_sample_tokens: int = 512,
-    out_batch: int = 64,
 ) -> torch.Tensor:
     """Per (output row, group) clipping threshold (out, n_groups) minimising the group's partial
-    output error Σ_t (x_t,g · (w_g - Q(clip(w_g))))² over sampled tokens."""
+    output error mean_t (x_t,g · (w_g - Q(clip(w_g))))² over sampled tokens."""
     out_features, in_features = weight.shape
     g = in_features if group_size in (-1, None) else group_size
+    n_groups = in_features // g
     x = x.reshape(-1, in_features)
     x = x[:: max(1, x.shape[0] // n_sample_tokens)][:n_sample_tokens].float()  # (t, in)
-    xg = x.reshape(1, x.shape[0], -1, g)  # (1, t, n_groups, g)
-    best_max = []
-    for o in range(0, out_features, out_batch):  # rows in batches: (rows, t, groups, g) is large
-        w = weight[o : o + out_batch].float().reshape(-1, 1, in_features // g, g)  # (rows, 1, groups, g)
-        org_out = (xg * w).sum(-1)  # (rows, t, groups)
-        org_max = w.abs().amax(-1, keepdim=True)  # (rows, 1, groups, 1)
-        best_err = torch.full(org_max.shape, float("inf"))
-        best = org_max.clone()
-        for i in range(int(max_shrink * n_grid)):
-            max_val = org_max * (1 - i / n_grid)
-            clipped = torch.clamp(w, -max_val, max_val)
-            q = quantize(clipped.reshape(-1, in_features)).reshape(w.shape)
-            err = ((xg * q).sum(-1) - org_out).pow(2).mean(1).reshape(best_err.shape)  # (rows, 1, groups, 1)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better, max_val, best)
-        best_max.append(best.reshape(w.shape[0], -1))
-    return torch.cat(best_max)  # (out, n_groups)
+    xg = x.reshape(-1, n_groups, g).transpose(0, 1)  # (groups, t, g)
+    w = weight.float().reshape(out_features, n_groups, g)  # (out, groups, g)
+
+    def partial_out(wq):  # each group's contribution to every output: (groups, t, out)
+        return torch.bmm(xg, wq.permute(1, 2, 0))
+
+    org_out = partial_out(w)
+    org_max = w.abs().amax(-1, keepdim=True)  # (out, groups, 1)
+    best_err = torch.full((out_features, n_groups), float("inf"))
+    best = org_max.squeeze(-1).clone()
+    for i in range(int(max_shrink * n_grid)):
+        max_val = org_max * (1 - i / n_grid)
+        q = quantize(torch.clamp(w, -max_val, max_val).reshape(out_features, in_features))
+        err = (partial_out(q.reshape(w.shape)) - org_out).pow(2).mean(1).T  # (out, groups)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, max_val.squeeze(-1), best)
+    return best  # (out, n_groups)
 
 
 def apply_clip(weight: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -239,12 +239,17 @@ def awq_block(
         n_seq += bctx.inputs[k].shape[0]
         k += 1
 
-    def run_subset() -> torch.Tensor:
+    def run_subset() -> list[torch.Tensor]:  # per batch: encoder batches differ in length
         with torch.no_grad():
             outs = [bctx.block(x, **kw) for x, kw in zip(bctx.inputs[:k], bctx.kwargs[:k], strict=True)]
-        return torch.cat([o[0] if isinstance(o, tuple) else o for o in outs])
+        return [(o[0] if isinstance(o, tuple) else o).float() for o in outs]
 
     reference = run_subset()
+    n_ref = sum(r.numel() for r in reference)
+
+    def output_error() -> float:
+        return sum((o - r).pow(2).sum().item() for o, r in zip(run_subset(), reference, strict=True)) / n_ref
+
     alphas = {}
     searches = []
     for group in bctx.adapter.input_groups:
@@ -255,7 +260,7 @@ def awq_block(
         def block_error(effective, names=group.linears, originals=originals):
             for n, w in zip(names, effective, strict=True):
                 bctx.set_weight(n, w)
-            err = (run_subset() - reference).float().pow(2).mean().item()
+            err = output_error()
             for n, w in zip(names, originals, strict=True):
                 bctx.set_weight(n, w)
             return err
