@@ -45,5 +45,5 @@ def test_structured_pruning_removes_parameters_and_keeps_a_language_model():
     m = record["metrics"]
     assert m["params_removed"] > 0.05 and len(m["removed_layers"]) == 1
     assert m["latency_ms"] > 0 and m["latency_ms_dense"] > 0
-    # one layer of six removed: still a language model, far better than uniform over the vocabulary
-    assert m["perplexity"] < 0.1 * 8192
+    # one layer of six removed costs about 8% perplexity on the full benchmark (results/shortgpt.json)
+    assert m["perplexity"] < 1.5 * m["perplexity_fp"]
