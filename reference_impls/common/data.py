@@ -61,7 +61,7 @@ def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # one long stream, windowed later
         if eos is not None:
             ids.append(eos)
     return torch.tensor(ids, dtype=torch.long)
