@@ -87,10 +87,9 @@ def test_shape_and_dtype_are_preserved():
 
 @pytest.mark.slow
 def test_rtn_8bit_on_the_causal_lm_is_within_one_percent():
-    from reference_impls.common.runner import run_method
-
     from reference_impls.common.adapters import get_weight
     from reference_impls.common.models import load_model
+    from reference_impls.common.runner import run_method
 
     rec = run_method("rtn", model="causal", eval_windows=48, options={"bits": 8})
     m = rec["metrics"]
