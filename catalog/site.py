@@ -104,16 +104,34 @@ def implementation_section(r: Record, data: SiteData) -> list[str]:
     return lines
 
 
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def results_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | options | metric | bits/weight | time (s) |", "|---|---|---|---|---|"]
-    for row in rows:
-        metrics = row.get("metrics", {})
-        metric = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                           if k in ("perplexity", "perplexity_fp", "cosine", "retrieval_agreement", "sparsity"))
-        opts = ", ".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
+    """Measured runs: the options that vary between runs, the headline metric, true bits/weight."""
+    keys = sorted({k for row in rows for k in row.get("options", {})})
+    varying = [k for k in keys if len({json.dumps(row.get("options", {}).get(k)) for row in rows}) > 1]
+    header = ["model", *[md(k) for k in varying], "metric", "full precision", "bits/weight", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: (str(r.get("model")), json.dumps(r.get("options", {}), sort_keys=True))):
+        m = row.get("metrics", {})
+        if "perplexity" in m:
+            # three decimals: the gaps between methods on the small model are fractions of a point
+            metric = f"perplexity {m['perplexity']:.3f}"
+            ref = f"{m['perplexity_fp']:.3f}" if isinstance(m.get("perplexity_fp"), float) else ""
+        elif "cosine" in m:
+            metric = f"cosine {_fmt(m['cosine'])}, top-10 agreement {_fmt(m.get('retrieval_agreement', ''))}"
+            ref = "1"
+        else:
+            metric, ref = "", ""
+        if "sparsity" in m:
+            metric += f", sparsity {_fmt(m['sparsity'])}"
+        opts = [md(_fmt(row.get("options", {}).get(k, ""))) for k in varying]
         bpw = row.get("bits_per_weight")
-        lines.append(f"| {md(str(row.get('model', '')))} | {md(opts)} | {md(metric)} | "
-                     f"{'' if bpw is None else f'{bpw:.3f}'} | {row.get('time_s', 0):.1f} |")
+        model = str(row.get("model", "")).rsplit("/", 1)[-1]
+        cells = [md(model), *opts, md(metric), md(ref), "" if bpw is None else f"{bpw:.3f}", f"{float(row.get('time_s', 0)):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
