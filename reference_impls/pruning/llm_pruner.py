@@ -112,7 +112,7 @@ def lora_recover(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     for owner, name, lora in adapters:
         setattr(owner, name, lora.merge())
