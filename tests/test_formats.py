@@ -68,7 +68,10 @@ def test_decode_every_code_matches_torch(fmt):
 def test_quantize_matches_torch_cast(fmt):
     g = torch.Generator().manual_seed(0)
     # log-uniform magnitudes over the whole range, from below the smallest subnormal to overflow
-    x = torch.exp2(torch.empty(200_000).uniform_(-20, 17, generator=g)) * torch.randn(200_000, generator=g).sign()
+    x = (
+        torch.exp2(torch.empty(200_000).uniform_(-20, 17, generator=g))
+        * torch.randn(200_000, generator=g).sign()
+    )
     # and every midpoint between neighbouring codes, where ties-to-even decides
     vals = torch.arange(256, dtype=torch.uint8).view(TORCH_DTYPES[fmt]).float()
     vals = vals[torch.isfinite(vals)].sort().values
@@ -117,7 +120,13 @@ def test_mx_matches_literal_per_block_transcription(fmt):
     x = torch.randn(8, 96, generator=g) * torch.exp2(torch.randint(-8, 8, (8, 96), generator=g).float())
     got = mx_quantize(x, fmt)
     elements, shared_exp = mx_encode(x, fmt)
-    spec = {"mxfp4": ("e2m1", 2), "mxfp6": ("e2m3", 2), "mxfp6_e3m2": ("e3m2", 4), "mxint8": (None, 0), "mxfp8": ("e4m3", 8)}
+    spec = {
+        "mxfp4": ("e2m1", 2),
+        "mxfp6": ("e2m3", 2),
+        "mxfp6_e3m2": ("e3m2", 4),
+        "mxint8": (None, 0),
+        "mxfp8": ("e4m3", 8),
+    }
     elem, emax = spec[fmt]
     want = torch.empty_like(x)
     for r in range(8):
