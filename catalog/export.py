@@ -70,8 +70,7 @@ def _latex_title(title: str) -> str:
 
 def venue_year(record: Record) -> int:
     """The year to cite: the venue's ('ICLR 2023') when it names one, else the first version's."""
-    match = re.search(r"\b(19|20)\d\d\b", record.venue or "")
-    return int(match.group(0)) if match else record.year
+    return record.venue_year or record.year
 
 
 def _entry_type(record: Record) -> str:

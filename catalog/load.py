@@ -43,6 +43,10 @@ class Catalog:
     errors: list[CatalogError] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # record id -> file
     broken: set[str] = field(default_factory=set)  # stems of files that failed to load
+    lines: dict[str, dict[tuple, int]] = field(default_factory=dict)  # record id -> key path -> line
+
+    def line(self, record_id: str, key: str) -> int:
+        return self.lines.get(record_id, {}).get((key,), 1)
 
     def by_id(self) -> dict[str, Record]:
         return {r.id: r for r in self.records}
@@ -112,8 +116,11 @@ def _clean_message(error: dict) -> str:
     return msg
 
 
-def parse_file(path: Path, display: str | None = None) -> tuple[Record | None, list[CatalogError]]:
-    """Parse and validate one record file; never raises for bad content."""
+def parse_file(path: Path, display: str | None = None, lines_out: dict | None = None) -> tuple[Record | None, list[CatalogError]]:
+    """Parse and validate one record file; never raises for bad content.
+
+    `lines_out`, when given, receives the key-path -> line index of the file.
+    """
     shown = display or str(path)
 
     def fail(line: int, fld: str, message: str):
@@ -151,6 +158,8 @@ def parse_file(path: Path, display: str | None = None) -> tuple[Record | None, l
         return fail(node.start_mark.line + 1, "record", f"a record is a mapping of fields, got a {type(data).__name__}")
 
     lines = _line_index(node)
+    if lines_out is not None:
+        lines_out.update(lines)
     try:
         record = Record.model_validate(data)
     except ValidationError as exc:
@@ -167,16 +176,6 @@ def parse_file(path: Path, display: str | None = None) -> tuple[Record | None, l
     if record.id != path.stem:
         return fail(lines.get(("id",), 1), "id", f"'{record.id}' must equal the file name stem '{path.stem}'")
     return record, []
-
-
-def record_line(catalog_dir: Path, record_id: str, key: str) -> int:
-    """Line of a top-level key in a record's file (for cross-record errors)."""
-    path = catalog_dir / f"{record_id}.yaml"
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return 1
-    return _line_index(node).get((key,), 1) if node is not None else 1
 
 
 def display_path(path: Path) -> str:
@@ -199,13 +198,15 @@ def load_catalog(papers: Path, *, checks: bool = True, coverage: bool = False) -
         raise CatalogInvalid([CatalogError(str(papers), 0, "papers", "catalog directory not found (use --papers DIR or ATLAS_PAPERS)")])
     catalog = Catalog(records=[])
     for path in sorted(papers.glob("*.yaml")):
-        record, errors = parse_file(path, display_path(path))
+        lines: dict[tuple, int] = {}
+        record, errors = parse_file(path, display_path(path), lines)
         catalog.errors.extend(errors)
         if errors:
             catalog.broken.add(path.stem)
         if record is not None:
             catalog.records.append(record)
             catalog.paths[record.id] = path
+            catalog.lines[record.id] = lines
     if checks:
         catalog.errors.extend(cross_checks(catalog, papers, coverage=coverage))
     catalog.errors.sort()

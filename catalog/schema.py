@@ -137,9 +137,8 @@ class Record(BaseModel):
     def _consistency(self) -> Record:
         if self.arxiv and re.match(r"^\d{4}\.", self.arxiv):
             arxiv_year = 2000 + int(self.arxiv[:2])
-            venue_year = re.search(r"\b(19|20)\d\d\b", self.venue or "")
             # A paper can appear in proceedings before its arXiv version (then year = venue year).
-            published_first = venue_year and int(venue_year.group(0)) == self.year < arxiv_year
+            published_first = self.venue_year == self.year < arxiv_year
             if arxiv_year != self.year and not published_first:
                 raise ValueError(f"year: {self.year} does not match the arXiv id {self.arxiv} (first version {arxiv_year})")
         if self.id in self.related:
@@ -147,6 +146,12 @@ class Record(BaseModel):
         return self
 
     # -- derived, used by exports, search and the site -------------------------------------------
+    @property
+    def venue_year(self) -> int | None:
+        """The year a venue string names ('ICLR 2023' -> 2023), if any."""
+        match = re.search(r"\b(19|20)\d\d\b", self.venue or "")
+        return int(match.group(0)) if match else None
+
     @property
     def arxiv_url(self) -> str | None:
         return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None

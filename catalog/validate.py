@@ -8,7 +8,7 @@ import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
-from catalog.load import Catalog, CatalogError, display_path, record_line
+from catalog.load import Catalog, CatalogError, display_path
 from catalog.schema import SUMMARY_WORDS
 from catalog.vocabulary import suggest, vocabulary
 
@@ -46,7 +46,7 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
 
     def err(record_id: str, key: str, message: str) -> None:
         path = catalog.paths[record_id]
-        errors.append(CatalogError(display_path(path), record_line(papers, path.stem, key), key, message))
+        errors.append(CatalogError(display_path(path), catalog.line(record_id, key), key, message))
 
     for key, value_of, what in (
         ("id", lambda r: r.id, "id"),
