@@ -188,3 +188,43 @@ def test_run_saves_a_model_that_reloads_with_the_same_perplexity(tmp_path):
     reloaded = load_model(str(tmp_path))
     ppl = evaluate.perplexity(reloaded.model, data.heldout_windows(reloaded, max_windows=4))
     assert ppl == pytest.approx(rec["metrics"]["perplexity"], rel=1e-5)
+
+
+def test_bench_reruns_one_model_and_keeps_the_others(monkeypatch):
+    from reference_impls.common import bench
+
+    calls = []
+
+    def fake_run(name, *, model, eval_windows, options):
+        calls.append((model, dict(options)))
+        merged = {k: o.default for k, o in registry.get(name).options.items()} | dict(options)
+        return {"method": name, "model": model, "options": merged, "metrics": {"perplexity": 1.0, "perplexity_fp": 1.0},
+                "bits_per_weight": 4.0, "time_s": 0.0}
+
+    monkeypatch.setattr(bench, "run_method", fake_run)
+    rtn = registry.get("rtn")
+    defaults = {k: o.default for k, o in rtn.options.items()}
+    old_encoder = {"method": "rtn", "model": "encoder", "options": defaults | rtn.bench[0], "metrics": {"cosine": 0.5}}
+    old_causal = {"method": "rtn", "model": "causal", "options": defaults | rtn.bench[0], "metrics": {"perplexity": 9.0}}
+    previous = {"method": "rtn", "runs": [old_causal, old_encoder], "layer_note": "kept"}
+
+    result = bench.bench_method(rtn, models=("causal",), previous=previous, extras=False)
+    assert calls == [("causal", dict(o)) for o in rtn.bench]  # every causal grid point re-run
+    assert old_encoder in result["runs"] and old_causal not in result["runs"]
+    assert [r["model"] for r in result["runs"]] == ["causal"] * len(rtn.bench) + ["encoder"]
+    assert result["layer_note"] == "kept"
+
+    calls.clear()
+    result = bench.bench_method(rtn, previous=previous, missing_only=True, extras=False)
+    assert ("causal", dict(rtn.bench[0])) not in calls and ("encoder", dict(rtn.bench[0])) not in calls
+    assert len(calls) == 2 * len(rtn.bench) - 2
+    assert old_causal in result["runs"] and old_encoder in result["runs"]
+
+
+def test_cli_bench_rejects_unknown_targets_and_models():
+    from catalog.cli import app
+
+    out = CliRunner().invoke(app, ["bench", "gptqq"])
+    assert out.exit_code == 1 and "unknown bench target 'gptqq' (did you mean 'gptq'?)" in out.output
+    out = CliRunner().invoke(app, ["bench", "rtn", "--model", "opt"])
+    assert out.exit_code == 1 and "--model opt: choose causal or encoder" in out.output

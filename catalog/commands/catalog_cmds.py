@@ -199,17 +199,32 @@ BENCHES = {
 @app.command()
 def bench(
     targets: list[str] = typer.Argument(None, help="search, site, or method names (default: everything)."),
+    model: list[str] = typer.Option(None, "--model", help="Re-run methods on this model only (causal, encoder); "
+                                    "runs on other models are kept from results/. Repeatable."),
+    missing: bool = typer.Option(False, "--missing", help="Only run grid points that results/ does not hold yet."),
     papers: Path | None = PapersOption,
 ) -> None:
     """Run benchmarks and write results/*.json.
 
     Example: atlas bench search      (search quality and latency)
+             atlas bench site        (site build times: the catalog and 2,000 synthetic records)
              atlas bench gptq rtn    (reference implementations)
+             atlas bench impls --model causal   (after retraining the causal LM)
     """
     import importlib
 
     targets = targets or ["search", "site", "impls"]
     methods = [t for t in targets if t not in BENCHES and t != "impls"]
+    bad_models = [m for m in model or [] if m not in ("causal", "encoder")]
+    if bad_models:
+        raise fail(f"--model {bad_models[0]}: choose causal or encoder")
+    if methods:
+        from reference_impls.common import registry
+
+        names = [m.name for m in registry.all_methods()]
+        unknown = [m for m in methods if m not in names]
+        if unknown:
+            raise fail(f"unknown bench target '{unknown[0]}'{suggest(unknown[0], [*BENCHES, 'impls', *names])}")
     for target in targets:
         if target in BENCHES:
             module, func = BENCHES[target].split(":")
@@ -217,7 +232,7 @@ def bench(
     if "impls" in targets or methods:
         from reference_impls.common.bench import run_bench
 
-        run_bench(methods)
+        run_bench(methods, models=tuple(model) if model else None, missing_only=missing)
 
 
 @app.command()

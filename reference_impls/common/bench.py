@@ -29,13 +29,33 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _same_run(run: dict, method: registry.Method, model: str, options: dict) -> bool:
+    """Whether a stored run is this grid point: its options equal the defaults updated by `options`."""
+    wanted = {name: opt.default for name, opt in method.options.items()} | dict(options)
+    return run.get("model") == model and run.get("options") == wanted
+
+
 def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = None,
                  eval_windows: int | None = BENCH_EVAL_WINDOWS,
-                 extras: bool = True) -> dict:
+                 extras: bool = True, previous: dict | None = None, missing_only: bool = False) -> dict:
+    """Run the method's grid on `models` (default: its bench models).
+
+    Runs of `previous` (the method's existing results file) on models not re-run are kept, so that
+    retraining the causal LM needs `atlas bench --model causal` only; with `missing_only`, grid
+    points that already have a run are kept as well.
+    """
+    models = tuple(models or method.bench_models)
+    kept = [r for r in (previous or {}).get("runs", []) if r.get("model") not in models]
     runs = []
     grid = list(method.bench) or [{}]
-    for model in models or method.bench_models:
+    for model in models:
+        if model not in method.bench_models:
+            continue
         for options in grid:
+            old = [r for r in (previous or {}).get("runs", []) if _same_run(r, method, model, options)]
+            if missing_only and old:
+                runs.append(old[0])
+                continue
             t0 = time.perf_counter()
             record = run_method(method.name, model=model, eval_windows=eval_windows, options=options)
             runs.append(record)
@@ -44,9 +64,13 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
                       else f"cos {m['cosine']:.4f} top10 {m['retrieval_agreement']:.3f}")
             _log(f"{method.name} {model} {options}: {metric}, {record['bits_per_weight']:.3f} bits/weight, "
                  f"{record['time_s']:.1f}s compress, {time.perf_counter() - t0:.0f}s total")
+    order = {m: i for i, m in enumerate(method.bench_models)}
+    runs = sorted(kept + runs, key=lambda r: order.get(r.get("model"), len(order)))
     result = {"method": method.name, "papers": list(method.papers), "fidelity": method.fidelity,
               "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": runs}
-    if extras and method.name in EXTRAS:
+    if previous:
+        result.update({k: v for k, v in previous.items() if k not in result})
+    if extras and method.name in EXTRAS and not missing_only:
         import importlib
 
         module, func = EXTRAS[method.name]
@@ -55,12 +79,17 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
     return result
 
 
-def run_bench(methods: list[str]) -> None:
+def run_bench(methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False) -> None:
     """Benchmark the named methods (all registered ones when empty) and write results/<method>.json."""
     chosen = [registry.get(name) for name in methods] if methods else registry.all_methods()
     RESULTS_DIR.mkdir(exist_ok=True)
     for method in chosen:
-        result = bench_method(method)
         path = RESULTS_DIR / f"{method.name}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        previous = None
+        if path.exists() and (models or missing_only):
+            previous = json.loads(path.read_text())
+        result = bench_method(method, models=models, previous=previous, missing_only=missing_only)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
         _log(f"wrote {path}")
