@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.pruning.magnitude import magnitude_prune
+from reference_impls.pruning.magnitude import magnitude_prune, model_magnitude_masks
 from reference_impls.pruning.masks import row_mask
 from reference_impls.pruning.sparsegpt import sparsegpt_prune
 from reference_impls.pruning.wanda import wanda_prune
@@ -152,3 +152,20 @@ def test_sparsegpt_joint_quantization_lands_on_the_grid_and_beats_prune_then_rou
     naive = rtn_quantize(sparsegpt_prune(W, H, sparsity=0.5, block_size=32), bits=4, group_size=32)
     naive = naive.masked_fill(sparsegpt_prune(W, H, sparsity=0.5, block_size=32) == 0, 0)
     assert output_error(X, W, J) < output_error(X, W, naive)
+
+
+def test_model_scope_magnitude_uses_one_threshold_over_all_matrices():
+    # Hand case: 6 weights, 50% -> the three smallest magnitudes (1, -2, 3) go, wherever they sit.
+    weights = {"a": torch.tensor([[1.0, -2.0], [3.0, 40.0]]), "b": torch.tensor([[10.0, -20.0]])}
+    masks = model_magnitude_masks(weights, 0.5)
+    assert masks["a"].tolist() == [[True, True], [True, False]]
+    assert masks["b"].tolist() == [[False, False]]
+    # Random matrices of different scales: exact total count, uneven per-matrix sparsity.
+    g = torch.Generator().manual_seed(0)
+    weights = {"small": torch.randn(16, 32, generator=g) * 0.01, "big": torch.randn(32, 16, generator=g)}
+    masks = model_magnitude_masks(weights, 0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == 512
+    assert masks["small"].float().mean() > 0.95 and masks["big"].float().mean() < 0.05
+    kept = torch.cat([w[~masks[n]].abs() for n, w in weights.items()])
+    dropped = torch.cat([w[masks[n]].abs() for n, w in weights.items()])
+    assert dropped.max() <= kept.min()

@@ -1,9 +1,16 @@
-"""Magnitude pruning: the baseline every LLM pruning paper compares against.
+"""Magnitude pruning: the baseline every LLM pruning paper compares against, and the one-shot
+pruning studied in "The Emergence of Essential Sparsity in Large Pre-trained Models: The Weights
+that Matter" (Jaiswal et al., NeurIPS 2023, arXiv 2306.03805).
 
-Zeroes the weights of smallest absolute value. Unstructured pruning uses one threshold over the
-whole matrix (as the SparseGPT and Wanda repositories do for this baseline); N:M pruning keeps the
-largest `M - N` of every `M` consecutive inputs of a row. No calibration data, no weight update.
-Fidelity: exact (up to the exact-count tie rule in `masks`).
+Zeroes the weights of smallest absolute value. `scope="layer"` uses one threshold per matrix (as the
+SparseGPT and Wanda repositories do for this baseline); `scope="model"` uses one threshold over all
+block linears together, the global one-shot magnitude pruning of the essential-sparsity paper's code.
+N:M pruning keeps the largest `M - N` of every `M` consecutive inputs of a row. No calibration data,
+no weight update.
+
+Fidelity for the essential-sparsity record: simplified. The pruning step is the paper's; the paper's
+downstream finetuning of the pruned checkpoints (GLUE/SQuAD for BERT, vision tasks) and its
+sparsity-emergence study during pretraining are left out — here the pruned model is evaluated as is.
 """
 
 from __future__ import annotations
@@ -28,6 +35,20 @@ def magnitude_prune(
     return weight.masked_fill(pruned, 0)
 
 
+def model_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Masks (True = pruned) for one |W| threshold over all matrices together: exactly
+    `int(total * sparsity)` weights are pruned, ties broken by position as in `masks.global_mask`."""
+    names = list(weights)
+    flat = torch.cat([weights[n].detach().float().abs().flatten() for n in names])
+    pruned = select_mask(flat[None, :], sparsity, 0, 0, per_row=False)[0]
+    out, start = {}, 0
+    for n in names:
+        size = weights[n].numel()
+        out[n] = pruned[start:start + size].view_as(weights[n])
+        start += size
+    return out
+
+
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.storage import record_sparse  # noqa: E402
@@ -37,6 +58,7 @@ SPARSITY_OPTIONS = {
     "prune_n": Option(0, "N of an N:M pattern: zeros per group (0 = unstructured)"),
     "prune_m": Option(0, "M of an N:M pattern: group size"),
 }
+SCOPES = ("layer", "model")
 
 
 def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]) -> dict:
@@ -52,20 +74,41 @@ def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]
 @register(
     "magnitude",
     family="pruning",
-    papers=[],
-    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.7}],
-    fidelity="exact",
-    summary="Magnitude pruning baseline: one |W| threshold per matrix, or N:M",
-    options=SPARSITY_OPTIONS,
+    papers=["essential-sparsity"],
+    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.7}, {"sparsity": 0.5, "scope": "model"}],
+    fidelity="simplified",
+    summary="One-shot magnitude pruning: one |W| threshold per matrix or per model, or N:M (no finetuning)",
+    options={**SPARSITY_OPTIONS,
+             "scope": Option("layer", "unstructured threshold per matrix (layer) or over all block linears (model)",
+                             choices=SCOPES)},
 )
-def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int) -> dict:
+def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int, scope: str) -> dict:
     pruned, formats = {}, {}
+    masks: dict[str, torch.Tensor] = {}
+    if scope == "model" and not prune_n:
+        weights: dict[str, torch.Tensor] = {}
+
+        def collect(name: str, w: torch.Tensor) -> torch.Tensor:
+            weights[name] = w.detach().clone()
+            return w
+
+        ctx.map_linears(collect)
+        masks = model_magnitude_masks(weights, sparsity)
+        weights.clear()
 
     def fn(name: str, w: torch.Tensor) -> torch.Tensor:
-        new = magnitude_prune(w, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)
+        if masks:
+            new = w.masked_fill(masks[name].to(w.device), 0)
+        else:
+            new = magnitude_prune(w, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)
         pruned[name] = new
         formats[name] = record_sparse(ctx.ledger, name, new, prune_n=prune_n, prune_m=prune_m)
         return new
 
     ctx.map_linears(fn)
-    return pruned_summary(ctx, pruned, formats)
+    out = pruned_summary(ctx, pruned, formats)
+    if scope == "model" and not prune_n:
+        # Global thresholds prune matrices unevenly; the spread is the point of the comparison.
+        per = [float((w == 0).float().mean()) for w in pruned.values()]
+        out.update(min_layer_sparsity=min(per), max_layer_sparsity=max(per))
+    return out
