@@ -7,6 +7,7 @@ The record is the JSON object of `atlas run --json` (DESIGN §3):
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -105,6 +106,7 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
 
     ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, progress=progress)
     method_metrics: dict[str, Any] = {}
+    load_before = os.getloadavg()[0]  # timings taken on a busy machine are not comparable: say so
     t0 = time.perf_counter()
     for m, kwargs in zip(methods, per_method, strict=True):
         method_metrics.update(m.apply(ctx, **kwargs) or {})
@@ -136,5 +138,5 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
         "bits_per_weight": ctx.ledger.bits_per_weight(), "params": params, "time_s": time_s,
         "env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(loaded.device),
                 "threads": torch.get_num_threads(), "calib_samples": calib_samples, "seed": seed,
-                "machine": platform.machine()},
+                "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(load_before, 2)},
     }
