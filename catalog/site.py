@@ -91,11 +91,17 @@ def implementation_section(r: Record, data: SiteData) -> list[str]:
     info = data.impls.get(r.impl.module, {})
     name = info.get("name", r.impl.module.rsplit(".", 1)[-1])
     fidelity = {"exact": "faithful to the paper and its official code",
-                "simplified": "a simplified variant: see the module docstring for what differs",
+                "simplified": "a simplified variant: what differs from the paper is stated below",
                 "family": "the closest method of this family, not this paper's own algorithm"}[r.impl.fidelity]
     lines = ["## Reference implementation", "",
              f"Module `{r.impl.module}` — fidelity **{r.impl.fidelity}** ({fidelity}).", "",
              "```bash", f"atlas run {name} --model causal --json", "```", ""]
+    if info.get("doc"):
+        # The module docstring is where each implementation states what it does and leaves out.
+        opened = "!!!" if r.impl.fidelity != "exact" else "???"
+        lines += [f'{opened} note "What the implementation covers (from its docstring)"', ""]
+        for para in info["doc"].split("\n\n"):
+            lines += ["    " + md(" ".join(para.split())), ""]
     rows = data.results.get(name, [])
     if rows:
         lines += results_table(rows)

@@ -66,6 +66,7 @@ def implementations(records: list[Record]) -> dict[str, dict]:
     Reading `@register("name", ...)` from the file avoids importing torch and every method just
     to print a command line on a page.
     """
+    import ast
     import importlib.util
     import re
 
@@ -78,7 +79,11 @@ def implementations(records: list[Record]) -> dict[str, dict]:
             continue
         names = re.findall(r'@register\(\s*"([^"]+)"', source)
         if names:
-            found[module] = {"name": names[0], "names": names}
+            try:
+                doc = ast.get_docstring(ast.parse(source)) or ""
+            except SyntaxError:
+                doc = ""
+            found[module] = {"name": names[0], "names": names, "doc": doc}
     return found
 
 

@@ -38,3 +38,19 @@ def test_load_results_accepts_records_and_lists(tmp_path):
     (tmp_path / "b.json").write_text('[{"method": "gptq", "metrics": {}}, {"nope": 1}]')
     (tmp_path / "c.json").write_text("{broken")
     assert sorted(load_results(tmp_path)) == ["gptq", "rtn"]
+
+
+def test_paper_page_states_what_a_simplified_implementation_leaves_out():
+    from pathlib import Path
+
+    from catalog.site import SiteData, implementation_section
+    from catalog.site_data import implementations
+
+    record = next(r for r in load_records(Path("papers")) if r.id == "essential-sparsity")
+    impls = implementations([record])
+    info = impls["reference_impls.pruning.magnitude"]
+    assert info["name"] == "magnitude" and "left out" in info["doc"]
+    page = "\n".join(implementation_section(record, SiteData(records=[record], impls=impls)))
+    assert "fidelity **simplified**" in page
+    assert '!!! note "What the implementation covers' in page  # open, not collapsed, when not exact
+    assert "downstream finetuning of the pruned checkpoints" in page
