@@ -25,16 +25,14 @@ def run(method: str, **options) -> dict:
 
 
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}])
-def test_sparsegpt_beats_magnitude_and_wanda(pattern):
-    """SparseGPT's weight update must beat both mask-only pruners. Wanda is not asserted to beat
-    magnitude here: on this small model it does not (results/wanda.json; global magnitude is the best
-    mask-only rule at 50%), as its activations lack the large outlier features Wanda's score exploits;
-    on the pretrained encoder Wanda does beat magnitude."""
+def test_sparsegpt_and_wanda_beat_magnitude(pattern):
+    """The papers' comparisons: Wanda's activation-aware mask beats magnitude, and SparseGPT's weight
+    update beats both mask-only pruners (50% unstructured and 2:4)."""
     mag = run("magnitude", **pattern)["metrics"]["perplexity"]
     wanda = run("wanda", **pattern)
     sgpt = run("sparsegpt", **pattern)
     assert wanda["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert sgpt["metrics"]["perplexity"] < mag
+    assert wanda["metrics"]["perplexity"] < mag
     assert sgpt["metrics"]["perplexity"] < wanda["metrics"]["perplexity"]
     # real sparse storage: 16-bit values of half the weights plus a 1-bit mask or 2:4 metadata
     assert wanda["bits_per_weight"] == pytest.approx(9.0, abs=0.05)
@@ -45,5 +43,5 @@ def test_structured_pruning_removes_parameters_and_keeps_a_language_model():
     m = record["metrics"]
     assert m["params_removed"] > 0.05 and len(m["removed_layers"]) == 1
     assert m["latency_ms"] > 0 and m["latency_ms_dense"] > 0
-    # one layer of six removed costs about 8% perplexity on the full benchmark (results/shortgpt.json)
+    # one layer of six removed costs about 30% perplexity on the full benchmark (results/shortgpt.json)
     assert m["perplexity"] < 1.5 * m["perplexity_fp"]
