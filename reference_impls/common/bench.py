@@ -70,7 +70,8 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
               "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": runs}
     if previous:
         result.update({k: v for k, v in previous.items() if k not in result})
-    if extras and method.name in EXTRAS and not missing_only:
+    partial = missing_only or set(models) != set(method.bench_models)
+    if extras and method.name in EXTRAS and not (partial and previous and EXTRAS[method.name][1] in previous):
         import importlib
 
         module, func = EXTRAS[method.name]

@@ -137,8 +137,9 @@ class Int8Linear(nn.Module):
 def run_llm_int8(ctx, *, threshold, fp16_weights, inject_outliers, stat_batches) -> dict:
     from reference_impls.quantization.smoothquant import inject_activation_outliers
 
+    injected = []
     if inject_outliers:
-        inject_activation_outliers(
+        injected = inject_activation_outliers(
             ctx.model, ctx.adapter, ctx.calibration[0], factor=inject_outliers, seed=ctx.seed
         )
     modules: list[Int8Linear] = []
@@ -172,4 +173,5 @@ def run_llm_int8(ctx, *, threshold, fp16_weights, inject_outliers, stat_batches)
         "outlier_fraction": sum(m.outlier_fraction * m.calls for m in modules) / max(1, calls),
         "layers_with_outliers": sum(m.outlier_dims_total > 0 for m in modules),
         "threshold": threshold,
+        "outlier_channels_injected": len(injected),
     }

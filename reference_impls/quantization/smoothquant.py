@@ -182,7 +182,7 @@ def inject_activation_outliers(
     `factor` and dividing the matching weight columns of those linears by it is an exact equivalent
     transform in real arithmetic, and reproduces that regime for 8-bit activation quantizers. Each
     kind of norm is kept only if the model's output on `probe` is unchanged (post-LN norms that also
-    feed the residual are left alone).
+    feed the residual are left alone). Returns the chosen channels, or [] when no norm kept them.
     """
     from reference_impls.common.adapters import get_weight, set_weight
 
@@ -192,6 +192,7 @@ def inject_activation_outliers(
     blocks = adapter.blocks(model)
     hidden = None
     chosen: list[int] = []
+    kept = 0
     for group in adapter.input_groups:
         if group.prev is None or not is_norm(blocks[0].get_submodule(group.prev)):
             continue
@@ -231,7 +232,9 @@ def inject_activation_outliers(
                     norm.bias.copy_(b)
                 for lin, lw in lins:
                     set_weight(lin, lw)
-    return chosen
+        else:
+            kept += 1
+    return chosen if kept else []
 
 
 # ---------------------------------------------------------------- model level
@@ -261,8 +264,9 @@ def inject_activation_outliers(
     },
 )
 def run_smoothquant(ctx, *, alpha, act_quant, smooth, bits, inject_outliers) -> dict:
+    injected = []
     if inject_outliers:
-        inject_activation_outliers(
+        injected = inject_activation_outliers(
             ctx.model, ctx.adapter, ctx.calibration[0], factor=inject_outliers, seed=ctx.seed
         )
     n_smoothed = []
@@ -276,4 +280,5 @@ def run_smoothquant(ctx, *, alpha, act_quant, smooth, bits, inject_outliers) -> 
             )
 
     ctx.walk(process, stats=("act_max",))
-    return {"smoothed_groups": sum(n_smoothed)}
+    # Post-LN encoders (BERT) admit neither the injection nor the smoothing folds: both report 0.
+    return {"smoothed_groups": sum(n_smoothed), "outlier_channels_injected": len(injected)}
