@@ -25,6 +25,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -126,19 +127,42 @@ def sentence_transformer():
     return _ST_MODEL
 
 
+def embed_precision() -> str:
+    """bf16 autocast where the CPU has native bf16 dot products (AVX512-BF16 or AMX), else fp32.
+
+    Measured on the catalog's 1,390 texts (2 cores): 6.1 s instead of 16.0 s, every vector within
+    cosine 0.99996 of its fp32 value. Read from /proc/cpuinfo so that a cold `atlas search` can key its
+    cache without importing torch; ATLAS_EMBED_PRECISION=fp32|bf16 overrides.
+    """
+    forced = os.environ.get("ATLAS_EMBED_PRECISION")
+    if forced in ("fp32", "bf16"):
+        return forced
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return "fp32"
+    return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "fp32"
+
+
 def embed_texts(texts: Sequence[str], on_batch: Callable[[int], None] | None = None, batch_size: int = 32) -> np.ndarray:
     """Unit-norm embeddings (n, 384) with sentence-transformers; on_batch(n_done) drives a progress bar."""
+    import torch
+
     model = sentence_transformer()
+    bf16 = embed_precision() == "bf16"
     dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     out = np.zeros((len(texts), dim()), dtype=np.float32)
     # Longest first, so every batch pads to similar lengths and the bar's pace stays honest.
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        out[chunk] = model.encode([texts[i] for i in chunk], batch_size=batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            vectors = model.encode([texts[i] for i in chunk], batch_size=batch_size, convert_to_tensor=True,
+                                   show_progress_bar=False)
+        out[chunk] = vectors.float().cpu().numpy()
         if on_batch:
             on_batch(len(chunk))
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # unit norm in fp32
     return out
 
 
@@ -307,7 +331,7 @@ def load_or_build(records: Sequence[Record], cache_dir: Path | None, *, progress
     `cache_dir=None` keeps everything in memory. Raises ModelMissing or CacheUnusable.
     """
     model_path = model_dir()
-    model = model_key(model_path)
+    model = f"{model_key(model_path)}:{embed_precision()}"  # vectors of one precision per index
     ids = [r.id for r in records]
     digests = [record_digest(r) for r in records]
     key = index_key(model, list(zip(ids, digests, strict=True)))

@@ -58,13 +58,19 @@ def searcher(built, encoder):
     return Searcher(records, cache_dir=cache, dense=dense, encoder=encoder)
 
 
-def test_numpy_encoder_matches_sentence_transformers(encoder):
+def test_numpy_encoder_matches_sentence_transformers(encoder, monkeypatch):
     texts = ["prune without retraining using activations", "kv cache 2-bit", "🙂🚀 émigré naïve 量化模型",
              "x", "quantization " * 400]  # the last one is cut at 256 word pieces by both
+    monkeypatch.setenv("ATLAS_EMBED_PRECISION", "fp32")
     reference = embed_texts(texts)
     ours = np.stack([encoder.encode(t) for t in texts])
     assert np.abs(ours - reference).max() < 1e-5
     assert encoder.token_count("quantization " * 400) > 256
+    # Documents may be embedded under bf16 autocast (CPUs with native bf16): same vectors to 1e-4.
+    monkeypatch.setenv("ATLAS_EMBED_PRECISION", "bf16")
+    fast = embed_texts(texts)
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert (fast * reference).sum(axis=1).min() > 0.9999
 
 
 def test_fields_are_embedded_separately_and_normalized(built):
