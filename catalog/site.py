@@ -115,10 +115,11 @@ def _fmt(value) -> str:
 
 
 def results_table(rows: list[dict]) -> list[str]:
-    """Measured runs: the options that vary between runs, the headline metric, true bits/weight."""
+    """Measured runs: the options that vary between runs (one "setting" cell, so the table fits the
+    page), the headline metric, the uncompressed reference, true bits/weight and compression time."""
     keys = sorted({k for row in rows for k in row.get("options", {})})
     varying = [k for k in keys if len({json.dumps(row.get("options", {}).get(k)) for row in rows}) > 1]
-    header = ["model", *[md(k) for k in varying], "metric", "full precision", "bits/weight", "time (s)"]
+    header = ["model", "setting", "metric", "full precision", "bits/weight", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: (str(r.get("model")), json.dumps(r.get("options", {}), sort_keys=True))):
         m = row.get("metrics", {})
@@ -127,16 +128,18 @@ def results_table(rows: list[dict]) -> list[str]:
             metric = f"perplexity {m['perplexity']:.3f}"
             ref = f"{m['perplexity_fp']:.3f}" if isinstance(m.get("perplexity_fp"), float) else ""
         elif "cosine" in m:
-            metric = f"cosine {_fmt(m['cosine'])}, top-10 agreement {_fmt(m.get('retrieval_agreement', ''))}"
+            metric = f"cosine {m['cosine']:.3f}, top-10 {_fmt(m.get('retrieval_agreement', ''))}"
             ref = "1"
         else:
             metric, ref = "", ""
         if "sparsity" in m:
-            metric += f", sparsity {_fmt(m['sparsity'])}"
-        opts = [md(_fmt(row.get("options", {}).get(k, ""))) for k in varying]
+            metric += f", sparsity {m['sparsity']:.3f}"
+        options = row.get("options", {})
+        setting = ", ".join(f"{k}={_fmt(options.get(k, ''))}" for k in varying) or "defaults"
         bpw = row.get("bits_per_weight")
         model = str(row.get("model", "")).rsplit("/", 1)[-1]
-        cells = [md(model), *opts, md(metric), md(ref), "" if bpw is None else f"{bpw:.3f}", f"{float(row.get('time_s', 0)):.1f}"]
+        cells = [md(model), md(setting), md(metric), md(ref), "" if bpw is None else f"{bpw:.3f}",
+                 f"{float(row.get('time_s', 0)):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

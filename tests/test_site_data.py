@@ -54,3 +54,15 @@ def test_paper_page_states_what_a_simplified_implementation_leaves_out():
     assert "fidelity **simplified**" in page
     assert '!!! note "What the implementation covers' in page  # open, not collapsed, when not exact
     assert "downstream finetuning of the pruned checkpoints" in page
+
+
+def test_results_table_shows_one_setting_cell_with_the_options_that_vary():
+    from catalog.site import results_table
+
+    base = {"method": "rtn", "model": "causal", "bits_per_weight": 4.156, "time_s": 0.1}
+    rows = [dict(base, options={"bits": 4, "group_size": 128}, metrics={"perplexity": 46.17, "perplexity_fp": 45.362}),
+            dict(base, options={"bits": 3, "group_size": 128}, metrics={"perplexity": 48.478, "perplexity_fp": 45.362})]
+    table = results_table(rows)
+    assert table[0] == "| model | setting | metric | full precision | bits/weight | time (s) |"
+    assert any("bits=3" in line and r"perplexity 48\.478" in line and r"45\.362" in line for line in table)
+    assert not any("group\\_size" in line or "group_size" in line for line in table)  # constant: not shown
