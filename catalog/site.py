@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from catalog.export import citation_keys, to_bibtex, to_json
@@ -119,6 +119,9 @@ def results_table(rows: list[dict]) -> list[str]:
     page), the headline metric, the uncompressed reference, true bits/weight and compression time."""
     keys = sorted({k for row in rows for k in row.get("options", {})})
     varying = [k for k in keys if len({json.dumps(row.get("options", {}).get(k)) for row in rows}) > 1]
+    # Each row names only what it changes from the most common value of each varying option.
+    common = {k: Counter(json.dumps(row.get("options", {}).get(k)) for row in rows).most_common(1)[0][0]
+              for k in varying}
     header = ["model", "setting", "metric", "full precision", "bits/weight", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: (str(r.get("model")), json.dumps(r.get("options", {}), sort_keys=True))):
@@ -135,12 +138,16 @@ def results_table(rows: list[dict]) -> list[str]:
         if "sparsity" in m:
             metric += f", sparsity {m['sparsity']:.3f}"
         options = row.get("options", {})
-        setting = ", ".join(f"{k}={_fmt(options.get(k, ''))}" for k in varying) or "defaults"
+        changed = [k for k in varying if json.dumps(options.get(k)) != common[k]]
+        setting = ", ".join(f"{k}={_fmt(options.get(k, ''))}" for k in changed) or "common setting"
         bpw = row.get("bits_per_weight")
         model = str(row.get("model", "")).rsplit("/", 1)[-1]
         cells = [md(model), md(setting), md(metric), md(ref), "" if bpw is None else f"{bpw:.3f}",
                  f"{float(row.get('time_s', 0)):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if varying:
+        shared = ", ".join(f"{k}={_fmt(json.loads(v))}" for k, v in common.items())
+        lines += ["", md(f"Common setting: {shared}; other rows list what they change.")]
     return lines + [""]
 
 

@@ -66,3 +66,5 @@ def test_results_table_shows_one_setting_cell_with_the_options_that_vary():
     assert table[0] == "| model | setting | metric | full precision | bits/weight | time (s) |"
     assert any("bits=3" in line and r"perplexity 48\.478" in line and r"45\.362" in line for line in table)
     assert not any("group\\_size" in line or "group_size" in line for line in table)  # constant: not shown
+    assert any("| common setting |" in line and r"perplexity 46\.170" in line for line in table)
+    assert r"Common setting: bits=4; other rows list what they change\." in table
