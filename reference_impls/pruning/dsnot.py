@@ -149,7 +149,7 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
         "max_cycles": Option(50, "most swaps per row"),
         "update_threshold": Option(0.1 / 2048, "stop a row once its |mean output error| is this small"),
         "var_power": Option(1.0, "power of the input variance dividing the regrow score"),
-        "skip_mlp": Option(True, "leave MLP layers with their initial mask (the repository's default)"),
+        "skip_mlp": Option(True, "leave linears named mlp.* with their initial mask (the repository's default and its name rule: Llama/GPT-2 MLPs; OPT fc1/fc2 and BERT FFNs are still refined)"),
     },
 )
 def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_threshold, var_power, skip_mlp):
