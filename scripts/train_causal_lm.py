@@ -144,8 +144,7 @@ def write_model_card(out: Path, stats: dict) -> None:
     heldout = sorted(corpus._read_list(corpus.HELDOUT_LIST))
     calibration = sorted(corpus._read_list(corpus.CALIBRATION_LIST))
     flags = "" if c.get("threads", 2) == 2 else f" --threads {c['threads']}"
-    samples = stats.get("samples") or {stats["sample_prompt"]: stats["sample"]}
-    samples_md = "\n".join(f"```python\n{text}\n```\n" for text in samples.values())
+    samples_md = "\n".join(f"```python\n{text}\n```\n" for text in stats["samples"].values())
     passes = c["steps"] * c["batch"] * c["context"] / stats["tokens"]["train"]
     card = f"""# causal-lm: the project's small Llama-architecture language model
 
@@ -184,7 +183,7 @@ Calibration units: {', '.join(calibration)}.
 ## Training
 AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices), peak learning rate {c['lr']}, {c['warmup']} warm-up
 steps then cosine decay to 10%, {c['steps']} steps of {c['batch']} random windows of {c['context']} tokens
-({c['steps'] * c['batch'] * c['context'] / 1e6:.2f}M tokens, {c['steps'] * c['batch'] * c['context'] / stats['tokens']['train']:.1f} passes over the training split), gradient
+({c['steps'] * c['batch'] * c['context'] / 1e6:.2f}M tokens, {passes:.1f} passes over the training split), gradient
 clipping at 1.0, seed {c['seed']}, precision {c.get('precision', 'fp32')}, {c['threads']} CPU thread(s), torch {stats['torch']}.
 Training took {stats['train_seconds'] / 60:.1f} minutes ({stats['total_seconds'] / 60:.1f} minutes in all, tokenizer and
 evaluation included) on a 2-core CPU. Final training loss (moving average): {stats['final_train_loss_ema']:.3f}.

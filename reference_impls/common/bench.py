@@ -31,7 +31,7 @@ def _log(message: str) -> None:
 
 def _same_run(run: dict, method: registry.Method, model: str, options: dict) -> bool:
     """Whether a stored run is this grid point: its options equal the defaults updated by `options`."""
-    wanted = {name: opt.default for name, opt in method.options.items()} | dict(options)
+    wanted = method.defaults() | dict(options)
     return run.get("model") == model and run.get("options") == wanted
 
 
@@ -52,10 +52,11 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
         if model not in method.bench_models:
             continue
         for options in grid:
-            old = [r for r in (previous or {}).get("runs", []) if _same_run(r, method, model, options)]
-            if missing_only and old:
-                runs.append(old[0])
-                continue
+            if missing_only:
+                old = [r for r in (previous or {}).get("runs", []) if _same_run(r, method, model, options)]
+                if old:
+                    runs.append(old[0])
+                    continue
             t0 = time.perf_counter()
             record = run_method(method.name, model=model, eval_windows=eval_windows, options=options)
             runs.append(record)
@@ -70,8 +71,9 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
               "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": runs}
     if previous:
         result.update({k: v for k, v in previous.items() if k not in result})
+    # A partial re-run keeps the previous extra measurement rather than repeating it.
     partial = missing_only or set(models) != set(method.bench_models)
-    if extras and method.name in EXTRAS and not (partial and previous and EXTRAS[method.name][1] in previous):
+    if extras and method.name in EXTRAS and not (partial and EXTRAS[method.name][1] in result):
         import importlib
 
         module, func = EXTRAS[method.name]

@@ -189,9 +189,14 @@ def walk_blocks(model: nn.Module, adapter: Adapter, batches: list[dict],
             progress(i + 1, len(blocks))
 
 
-def map_linears(model: nn.Module, adapter: Adapter, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
-    """Apply a calibration-free weight transform `fn(full_name, weight_out_in) -> weight` to every block linear."""
+def block_linears(model: nn.Module, adapter: Adapter):
+    """(full_name, module) for every block linear, block by block."""
     for i, block in enumerate(adapter.blocks(model)):
         for name, module in adapter.linears(block).items():
-            w = get_weight(module).detach().clone().float()
-            set_weight(module, fn(f"{adapter.blocks_path}.{i}.{name}", w))
+            yield f"{adapter.blocks_path}.{i}.{name}", module
+
+
+def map_linears(model: nn.Module, adapter: Adapter, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+    """Apply a calibration-free weight transform `fn(full_name, weight_out_in) -> weight` to every block linear."""
+    for name, module in block_linears(model, adapter):
+        set_weight(module, fn(name, get_weight(module).detach().clone().float()))

@@ -50,6 +50,8 @@ def model_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> 
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.adapters import get_weight  # noqa: E402
+from reference_impls.common.layerwise import block_linears  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
@@ -84,20 +86,14 @@ def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]
 )
 def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int, scope: str) -> dict:
     pruned, formats = {}, {}
-    masks: dict[str, torch.Tensor] = {}
-    if scope == "model" and not prune_n:
-        weights: dict[str, torch.Tensor] = {}
-
-        def collect(name: str, w: torch.Tensor) -> torch.Tensor:
-            weights[name] = w.detach().clone()
-            return w
-
-        ctx.map_linears(collect)
-        masks = model_magnitude_masks(weights, sparsity)
-        weights.clear()
+    model_scope = scope == "model" and not prune_n
+    if model_scope:  # one threshold needs every weight before any is pruned
+        masks = model_magnitude_masks(
+            {name: get_weight(m) for name, m in block_linears(ctx.model, ctx.adapter)}, sparsity
+        )
 
     def fn(name: str, w: torch.Tensor) -> torch.Tensor:
-        if masks:
+        if model_scope:
             new = w.masked_fill(masks[name].to(w.device), 0)
         else:
             new = magnitude_prune(w, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)
@@ -107,7 +103,7 @@ def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int, scope: st
 
     ctx.map_linears(fn)
     out = pruned_summary(ctx, pruned, formats)
-    if scope == "model" and not prune_n:
+    if model_scope:
         # Global thresholds prune matrices unevenly; the spread is the point of the comparison.
         per = [float((w == 0).float().mean()) for w in pruned.values()]
         out.update(min_layer_sparsity=min(per), max_layer_sparsity=max(per))
