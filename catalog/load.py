@@ -1,188 +1,27 @@
 """Load `papers/*.yaml` into validated records: the one place records are read.
 
-Every problem becomes a `CatalogError` line `papers/x.yaml:LINE: field: message`, with the line taken
-from the YAML node marks. YAML aliases are refused outright (a "billion laughs" document is rejected
-before any expansion), and files must be UTF-8.
+`catalog.parse` reads each file (YAML, schema, line numbers), `catalog.validate` checks across
+records; every problem is a `CatalogError` line `papers/x.yaml:LINE: field: message`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-from yaml.composer import Composer
-from yaml.constructor import SafeConstructor
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
-from yaml.parser import Parser
-from yaml.reader import Reader
-from yaml.resolver import Resolver
-from yaml.scanner import Scanner
-
+from catalog.parse import Catalog, CatalogError, display_path, parse_dir, parse_file
 from catalog.schema import Record
+from catalog.validate import cross_checks
 
-MAX_FILE_BYTES = 256 * 1024  # a record is a few KB; anything this large is a mistake or an attack
-
-
-@dataclass(frozen=True, order=True)
-class CatalogError:
-    path: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.field}: {self.message}"
-
-
-@dataclass
-class Catalog:
-    records: list[Record]
-    errors: list[CatalogError] = field(default_factory=list)
-    paths: dict[str, Path] = field(default_factory=dict)  # record id -> file
-    broken: set[str] = field(default_factory=set)  # stems of files that failed to load
-    lines: dict[str, dict[tuple, int]] = field(default_factory=dict)  # record id -> key path -> line
-
-    def line(self, record_id: str, key: str) -> int:
-        return self.lines.get(record_id, {}).get((key,), 1)
-
-    def by_id(self) -> dict[str, Record]:
-        return {r.id: r for r in self.records}
+__all__ = ["Catalog", "CatalogError", "CatalogInvalid", "display_path", "load_catalog", "load_records",
+           "parse_file"]
 
 
 class CatalogInvalid(Exception):
+    """The catalog has errors; `errors` lists every one, `str()` gives one line each."""
+
     def __init__(self, errors: list[CatalogError]):
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
-
-
-class _NoAliasLoader(Reader, Scanner, Parser, Composer, SafeConstructor, Resolver):
-    """SafeLoader that refuses aliases, so expansion bombs cost nothing."""
-
-    def __init__(self, stream):
-        Reader.__init__(self, stream)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-        Composer.__init__(self)
-        SafeConstructor.__init__(self)
-        Resolver.__init__(self)
-
-    def compose_node(self, parent, index):
-        if self.check_event(AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not allowed in records", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-def _line_index(node: Node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map each key path (('summary', 'method'), ('tags', 2)) to its 1-based line."""
-    lines: dict[tuple, int] = {prefix: node.start_mark.line + 1}
-    if isinstance(node, MappingNode):
-        for key, value in node.value:
-            path = (*prefix, key.value)
-            lines.update(_line_index(value, path))
-            lines[path] = key.start_mark.line + 1
-    elif isinstance(node, SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.update(_line_index(item, (*prefix, i)))
-    return lines
-
-
-def _field_name(loc: tuple) -> str:
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "record"
-
-
-def _line_for(lines: dict[tuple, int], loc: tuple) -> int:
-    while loc and loc not in lines:
-        loc = loc[:-1]
-    return lines.get(loc, 1)
-
-
-def _clean_message(error: dict) -> str:
-    msg = error["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if error["type"] == "missing":
-        return "required field is missing"
-    if error["type"] == "extra_forbidden":
-        return "unknown field (check the spelling; see site/contributing.md)"
-    return msg
-
-
-def parse_file(path: Path, display: str | None = None, lines_out: dict | None = None) -> tuple[Record | None, list[CatalogError]]:
-    """Parse and validate one record file; never raises for bad content.
-
-    `lines_out`, when given, receives the key-path -> line index of the file.
-    """
-    shown = display or str(path)
-
-    def fail(line: int, fld: str, message: str):
-        return None, [CatalogError(shown, line, fld, message)]
-
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return fail(1, "file", f"cannot read: {exc.strerror}")
-    if len(raw) > MAX_FILE_BYTES:
-        return fail(1, "file", f"file is {len(raw)} bytes, larger than the {MAX_FILE_BYTES}-byte limit for a record")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return fail(line, "file", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8")
-    if not text.strip():
-        return fail(1, "file", "empty file; a record needs at least id, title, authors, year, url, themes, taxonomy, summary")
-
-    loader = _NoAliasLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return fail(1, "file", "empty document")
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        return fail(line, "yaml", f"malformed YAML: {exc.problem or exc.context}")
-    except yaml.YAMLError as exc:
-        return fail(1, "yaml", f"malformed YAML: {exc}")
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        return fail(node.start_mark.line + 1, "record", f"a record is a mapping of fields, got a {type(data).__name__}")
-
-    lines = _line_index(node)
-    if lines_out is not None:
-        lines_out.update(lines)
-    try:
-        record = Record.model_validate(data)
-    except ValidationError as exc:
-        errors = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = _clean_message(err)
-            if not loc and ": " in msg and msg.split(": ", 1)[0].isidentifier():
-                field_name, msg = msg.split(": ", 1)  # model-level checks name their field
-                loc = (field_name,)
-            errors.append(CatalogError(shown, _line_for(lines, loc), _field_name(loc), msg))
-        return None, errors
-
-    if record.id != path.stem:
-        return fail(lines.get(("id",), 1), "id", f"'{record.id}' must equal the file name stem '{path.stem}'")
-    return record, []
-
-
-def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def load_catalog(papers: Path, *, checks: bool = True, coverage: bool = False) -> Catalog:
@@ -191,22 +30,11 @@ def load_catalog(papers: Path, *, checks: bool = True, coverage: bool = False) -
     `checks` adds the cross-record checks of `catalog.validate` (uniqueness, links);
     `coverage` adds the catalog-wide quality gates (every taxonomy leaf used).
     """
-    from catalog.validate import cross_checks  # local: validate imports this module
-
     papers = Path(papers)
     if not papers.is_dir():
-        raise CatalogInvalid([CatalogError(str(papers), 0, "papers", "catalog directory not found (use --papers DIR or ATLAS_PAPERS)")])
-    catalog = Catalog(records=[])
-    for path in sorted(papers.glob("*.yaml")):
-        lines: dict[tuple, int] = {}
-        record, errors = parse_file(path, display_path(path), lines)
-        catalog.errors.extend(errors)
-        if errors:
-            catalog.broken.add(path.stem)
-        if record is not None:
-            catalog.records.append(record)
-            catalog.paths[record.id] = path
-            catalog.lines[record.id] = lines
+        raise CatalogInvalid([CatalogError(str(papers), 0, "papers",
+                                           "catalog directory not found (use --papers DIR or ATLAS_PAPERS)")])
+    catalog = parse_dir(papers)
     if checks:
         catalog.errors.extend(cross_checks(catalog, papers, coverage=coverage))
     catalog.errors.sort()

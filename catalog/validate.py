@@ -8,7 +8,7 @@ import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
-from catalog.load import Catalog, CatalogError, display_path
+from catalog.parse import Catalog, CatalogError, display_path
 from catalog.schema import SUMMARY_WORDS
 from catalog.vocabulary import suggest, vocabulary
 
