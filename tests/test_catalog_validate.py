@@ -205,3 +205,33 @@ def test_impl_module_must_exist(tmp_path):
     assert "beta.yaml:26: impl: module 'reference_impls.quantization.gptqq' cannot be imported" in single_error(tmp_path)
     (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra=extra.replace("gptqq", "gptq")))
     assert validate(tmp_path)[0] == 0
+
+
+def invalid_year_catalog(directory):
+    two_good(directory)
+    (directory / "beta.yaml").write_text(record_text("beta", year=1066))
+    return directory
+
+
+def test_encoder_evaluation_reads_records_through_catalog_load(tmp_path):
+    from catalog.load import CatalogInvalid
+    from reference_impls.common.data import encoder_eval_texts
+
+    docs, _, n_records = encoder_eval_texts(two_good(tmp_path))
+    assert n_records == 2 and docs[0].startswith("A test paper about alpha Rounding every weight")
+    with pytest.raises(CatalogInvalid) as caught:  # no second YAML reader that accepts what load refuses
+        encoder_eval_texts(invalid_year_catalog(tmp_path))
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'beta.yaml'))}:4: year: .+", str(caught.value))
+
+
+def test_atlas_run_on_an_invalid_catalog_prints_one_error_line(tmp_path, monkeypatch):
+    from reference_impls.common import runner as method_runner
+    from reference_impls.common.data import encoder_eval_texts
+
+    def run_method(method, *, papers_dir, **_):  # the model is not needed to reach the catalog
+        encoder_eval_texts(papers_dir)
+
+    monkeypatch.setattr(method_runner, "run_method", run_method)
+    result = runner.invoke(app, ["run", "rtn", "--model", "encoder", "--papers", str(invalid_year_catalog(tmp_path))])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'beta.yaml'))}:4: year: .+", result.stderr.strip())

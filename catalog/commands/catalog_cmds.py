@@ -25,14 +25,19 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def invalid_exit(exc: CatalogInvalid) -> typer.Exit:
+    """Print every catalog error on stderr, one FILE:LINE: FIELD: MESSAGE line each; the exit to raise."""
+    for e in exc.errors:
+        err.print(str(e), markup=False, highlight=False)
+    return typer.Exit(1)
+
+
 def records_or_exit(papers: Path | None) -> list[Record]:
     """Validated records, or every error on stderr and exit 1 (nothing on stdout)."""
     try:
         return load_records(papers_dir(papers))
     except CatalogInvalid as exc:
-        for e in exc.errors:
-            err.print(str(e), markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise invalid_exit(exc) from None
 
 
 def check_theme(theme: str | None) -> None:
@@ -58,9 +63,7 @@ def validate(
     try:
         catalog = load_catalog(papers_dir(papers), coverage=coverage)
     except CatalogInvalid as exc:
-        for e in exc.errors:
-            err.print(str(e), markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise invalid_exit(exc) from None
     for e in catalog.errors:
         err.print(str(e), markup=False, highlight=False)
     if catalog.errors:
@@ -232,7 +235,10 @@ def bench(
     if "impls" in targets or methods:
         from reference_impls.common.bench import run_bench
 
-        run_bench(methods, models=tuple(model) if model else None, missing_only=missing)
+        try:
+            run_bench(methods, models=tuple(model) if model else None, missing_only=missing)
+        except CatalogInvalid as exc:  # the encoder is evaluated on the catalog's records
+            raise invalid_exit(exc) from None
 
 
 @app.command()

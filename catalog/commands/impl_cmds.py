@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog.cli_app import PapersOption, app, papers_dir
+from catalog.commands.catalog_cmds import invalid_exit
+from catalog.load import CatalogInvalid
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -153,6 +155,8 @@ def run(
                                 options=options, progress=lambda done, total: progress.update(task, completed=done, total=total))
         except ModelMissingError as exc:
             raise _fail(str(exc), 2) from None
+        except CatalogInvalid as exc:  # the encoder is evaluated on the catalog's records
+            raise invalid_exit(exc) from None
         except ValueError as exc:
             raise _fail(f"{method}: {exc}") from None
     if as_json:

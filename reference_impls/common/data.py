@@ -108,22 +108,13 @@ def docstrings(texts: list[str], min_chars: int = 40) -> list[str]:
 
 
 def _record_texts(papers_dir: Path) -> list[str]:
-    try:
-        from catalog.load import load_records  # the project's single record loader
+    """Title and summary of every record, read by catalog.load, the project's one record reader.
 
-        records = load_records(papers_dir)
-    except Exception:  # no catalog package, or an invalid record: read the YAML as it is
-        records = None
-    if records is not None:
-        return [f"{r.title} {r.summary_text}" for r in records]
-    import yaml  # fallback: read the YAML directly
+    An invalid catalog raises catalog.load.CatalogInvalid, one `file:line: field: message` per error.
+    """
+    from catalog.load import load_records
 
-    texts = []
-    for path in sorted(Path(papers_dir).glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        summary = data.get("summary") or {}
-        texts.append(" ".join([str(data.get("title", ""))] + [str(v) for v in summary.values() if v]))
-    return texts
+    return [f"{r.title} {r.summary_text}" for r in load_records(papers_dir)]
 
 
 def encoder_eval_texts(papers_dir: Path | str = "papers") -> tuple[list[str], list[str], int]:
