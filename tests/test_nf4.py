@@ -1,5 +1,6 @@
 """NF4 + double quantization: published levels, exact round trip, storage, beats uniform int4."""
 
+import pytest
 import torch
 
 from reference_impls.quantization.nf4 import (
@@ -77,3 +78,64 @@ def test_nf4_beats_uniform_int4_on_normal_weights():
     int4 = (torch.round(blocks / absmax * 7).clamp(-7, 7) / 7 * absmax).reshape(w.shape)
     nf4 = nf4_quantize(w, double_quant=False)
     assert (nf4 - w).pow(2).mean() < 0.8 * (int4 - w).pow(2).mean()
+
+
+def test_ties_go_to_the_lower_level():
+    # every exact float32 midpoint between neighbouring levels (block absmax 1) takes the lower level,
+    # as bitsandbytes does; just above the midpoint takes the upper
+    mids = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
+    w = torch.cat([mids, torch.nextafter(mids, torch.tensor(2.0)), torch.ones(1), torch.zeros(33)])
+    codes = nf4_encode(w.reshape(1, 64), double_quant=False).codes.long()
+    assert codes[:15].tolist() == list(range(15))
+    assert codes[15:30].tolist() == list(range(1, 16))
+
+
+# ---------------------------------------------------------------- against bitsandbytes
+def _bnb_case(name):
+    g = torch.Generator().manual_seed(7)
+    if name == "normal":
+        return torch.randn(256, 1024, generator=g) * 0.02
+    if name == "unit":
+        return torch.randn(128, 512, generator=g)
+    if name == "ragged":  # numel not a multiple of 64: a short last block
+        return torch.randn(7, 100, generator=g)
+    # tie-heavy: every block is a power-of-two absmax times exact level midpoints (and the absmax)
+    mids = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
+    w = mids[torch.randint(0, 15, (64, 1024), generator=g)]
+    w[:, ::64] = 1.0
+    return w * torch.exp2(torch.randint(-8, 3, (64, 1), generator=g).float())
+
+
+@pytest.mark.parametrize("compress_statistics", [False, True])
+@pytest.mark.parametrize("case", ["normal", "unit", "ragged", "ties"])
+def test_matches_bitsandbytes(case, compress_statistics):
+    F = pytest.importorskip("bitsandbytes.functional", reason="bitsandbytes (dev extra) not installed")
+    w = _bnb_case(case)
+    packed, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=compress_statistics)
+    ours = nf4_encode(w, double_quant=compress_statistics)
+    bnb_codes = torch.stack([packed.view(-1) >> 4, packed.view(-1) & 15], 1).reshape(-1)[: w.numel()]
+    assert torch.equal(bnb_codes.long(), ours.codes.long())  # every 4-bit code, ties included
+    assert torch.equal(st.code, NF4_LEVELS)
+    bnb_w = F.dequantize_4bit(packed, st)
+    if not compress_statistics:
+        assert torch.equal(st.absmax, ours.absmax)
+        assert torch.equal(bnb_w, nf4_decode(ours))
+        return
+    # double quantization: same 8-bit map, same mean, same second-level absmax
+    assert torch.equal(st.state2.code, dynamic_map_8bit())
+    assert st.offset.item() == ours.absmax_mean
+    assert torch.equal(st.state2.absmax, ours.absmax_scale)
+    # the 8-bit codes of the centred absmax agree except where bitsandbytes' CPU kernel (a 2^16-entry
+    # lookup table over [-1, 1]) lands on a neighbour of the nearest code; ours is always the nearest
+    same = st.absmax.long() == ours.absmax_codes.long()
+    assert same.float().mean() > 0.99
+    cb = dynamic_map_8bit()
+    centred = nf4_encode(w, double_quant=False).absmax - ours.absmax_mean
+    scale = ours.absmax_scale.repeat_interleave(256)[: centred.numel()]
+    x = (centred * (1 / scale)).clamp(-1, 1)
+    d_ours = (x - cb[ours.absmax_codes.long()]).abs()
+    d_bnb = (x - cb[st.absmax.long()]).abs()
+    assert (d_ours <= d_bnb).all() and (d_ours[~same] < d_bnb[~same]).all()
+    # and the de-quantized weights agree in every block whose absmax code agrees
+    same_w = same.repeat_interleave(64)[: w.numel()].reshape(w.shape)
+    assert torch.equal(bnb_w[same_w], nf4_decode(ours)[same_w])

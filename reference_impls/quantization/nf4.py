@@ -20,6 +20,13 @@ Implemented (the storage data type; the catalog record is `qlora`):
 Not implemented: the LoRA adapters and paged optimizers of QLoRA (fine-tuning, not compression),
 bitsandbytes' CUDA kernels (here the weight is de-quantized to float32 and used as is), FP4.
 
+Agreement with bitsandbytes 0.50 (`quantize_4bit` / `dequantize_4bit`, nf4, blocksize 64, on CPU;
+tests/test_nf4.py): the 4-bit codes, absmax, mean, second-level absmax and the 8-bit map are equal bit
+for bit, ties included (a value exactly between two levels takes the lower one, as bitsandbytes does);
+without double quantization the de-quantized weight is equal too. The 8-bit codes of the centred
+absmax are the exact nearest here; bitsandbytes' CPU kernel reads them from a 2^16-entry lookup table
+over [-1, 1], which now and then (~0.2% of blocks) gives a neighbour of the nearest code.
+
 Fidelity: exact for the data type and double quantization; the `qlora` record as a whole is
 represented by its quantization format only.
 """
@@ -60,28 +67,45 @@ def dynamic_map_8bit() -> torch.Tensor:
     Decade i = 0..6 covers magnitudes 10^(i-6)·[0.1, 1] with 2^i values at the midpoints of 2^i
     equal bins (more leading zero bits = a smaller decade with fewer fraction bits); with both signs,
     0 and 1 this gives 2·127 + 2 = 256 values.
+
+    The arithmetic is bitsandbytes' `create_dynamic_map(signed=True)` step for step (float32 bin
+    edges and midpoints, scaled by the decade), so the 256 float32 values are its map exactly.
     """
     values = [0.0, 1.0]
     for i in range(7):
-        edges = torch.linspace(0.1, 1.0, 2**i + 1, dtype=torch.float64)
-        mids = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)
-        values += mids.tolist() + (-mids).tolist()
+        edges = torch.linspace(0.1, 1.0, 2**i + 1, dtype=torch.float32)
+        mids = (edges[:-1] + edges[1:]) / 2.0
+        values += ((10 ** (i - 6)) * mids).tolist() + ((-(10 ** (i - 6))) * mids).tolist()
     return torch.tensor(sorted(values), dtype=torch.float32)
 
 
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook value (codebook sorted ascending); ties go to the upper."""
+    """Index of the nearest codebook value (codebook sorted ascending).
+
+    A value exactly at the float32 midpoint of two neighbours goes to the lower one, as in
+    bitsandbytes (its `quantize_4bit` bucketizes against the float32 midpoints with right=False; its
+    CUDA NF4 tree and 8-bit search also pick the lower value on a tie).
+    """
     mids = (codebook[1:] + codebook[:-1]) / 2
-    return torch.bucketize(x.contiguous(), mids.to(x.dtype), right=True)
+    return torch.bucketize(x.contiguous(), mids.to(x.dtype), right=False)
 
 
-def absmax_blockwise(x: torch.Tensor, codebook: torch.Tensor, block_size: int):
-    """Flat x -> (codes (n,), absmax (n_blocks,)); the last block may be short."""
+def absmax_blockwise(x: torch.Tensor, codebook: torch.Tensor, block_size: int, *, short_block_divides=False):
+    """Flat x -> (codes (n,), absmax (n_blocks,)); the last block may be short.
+
+    As bitsandbytes does it: each block is multiplied by the float32 reciprocal of its absmax (absmax
+    clamped to >= 1e-38, so an all-zero block stays zero) and clamped to [-1, 1]. bitsandbytes' 4-bit
+    quantizer divides a short last block by its absmax instead (`short_block_divides`); x · (1/a)
+    and x / a differ in the last bit now and then, which moves a value sitting on a midpoint.
+    """
     n = x.numel()
     pad = (-n) % block_size
     blocks = torch.nn.functional.pad(x.reshape(-1), (0, pad)).reshape(-1, block_size)  # (n_blocks, block)
     absmax = blocks.abs().amax(dim=1)
-    normed = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
+    safe = absmax.clamp(min=1e-38)
+    normed = (blocks * (1.0 / safe)[:, None]).clamp(-1, 1)
+    if short_block_divides and pad:
+        normed[-1] = (blocks[-1] / safe[-1]).clamp(-1, 1)
     return nearest_code(normed, codebook).reshape(-1)[:n], absmax
 
 
@@ -124,7 +148,7 @@ def nf4_encode(
     weight: torch.Tensor, *, block_size: int = 64, double_quant: bool = True, dq_block_size: int = 256
 ) -> NF4Tensor:
     w = weight.detach().float()
-    codes, absmax = absmax_blockwise(w, NF4_LEVELS.to(w.device), block_size)
+    codes, absmax = absmax_blockwise(w, NF4_LEVELS.to(w.device), block_size, short_block_divides=True)
     state = NF4Tensor(w.shape, codes.to(torch.uint8), block_size, absmax, None, None, 0.0, dq_block_size)
     if double_quant:
         # absmax values are all positive; centring them lets the signed 8-bit map use both halves
