@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reference_impls.common.adapters import adapter_for
+from reference_impls.common.folding import fold_is_equivalent, fold_scales
 from reference_impls.common.layerwise import walk_blocks
 from reference_impls.common.models import tiny_model
 from reference_impls.quantization.awq import (
@@ -13,8 +14,6 @@ from reference_impls.quantization.awq import (
     awq_quantize,
     awq_scales,
     awq_search_scale,
-    fold_is_equivalent,
-    fold_scales,
     rtn_quantizer,
 )
 from reference_impls.quantization.rtn import rtn_quantize

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from reference_impls.common.folding import absorb_norm_scale
 from reference_impls.pruning.structure import decoder_layers, model_inputs
 
 
@@ -83,10 +84,9 @@ def fuse_norms(model: nn.Module) -> None:
                                    ("post_attention_layernorm", ("gate_proj", "up_proj"))):  # fmt: skip
             norm = getattr(layer, norm_name)
             owner = layer.self_attn if norm_name == "input_layernorm" else layer.mlp
-            for name in readers:
-                getattr(owner, name).weight.data *= norm.weight.data.reshape(1, -1)
+            absorb_norm_scale(norm, [getattr(owner, name) for name in readers])
             setattr(layer, norm_name, RMSN(width, norm.variance_epsilon))
-    model.lm_head.weight.data *= inner.norm.weight.data.reshape(1, -1)
+    absorb_norm_scale(inner.norm, [model.lm_head])
     inner.norm = RMSN(width, inner.norm.variance_epsilon)
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reference_impls.common.folding import fold_is_equivalent, fold_scales
 from reference_impls.common.registry import Option, register
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
@@ -173,62 +174,6 @@ def awq_quantize(
 
 
 # ---------------------------------------------------------------- model level
-def fold_shape_ok(bctx, group) -> bool:
-    """Can the producer of this group's input absorb diag(s)⁻¹ by its shape?"""
-    if group.prev is None:
-        return False
-    if group.prev in bctx.linears:  # a linear: its output rows must be exactly this input's channels
-        return bctx.weight(group.prev).shape[0] == bctx.weight(group.linears[0]).shape[1]
-    w = getattr(bctx.block.get_submodule(group.prev), "weight", None)
-    return w is not None and w.dim() == 1  # a LayerNorm / RMSNorm
-
-
-def fold_scales(bctx, group, s: torch.Tensor) -> None:
-    """prev's output channels / s, the group's weight columns * s (an equivalent transform when
-    nothing else reads prev's output)."""
-    prev = bctx.block.get_submodule(group.prev)
-    with torch.no_grad():
-        if group.prev in bctx.linears:
-            bctx.set_weight(group.prev, bctx.weight(group.prev) / s[:, None])
-        else:
-            prev.weight.div_(s.to(prev.weight.dtype))
-        if getattr(prev, "bias", None) is not None:
-            prev.bias.div_(s.to(prev.bias.dtype))
-    for name in group.linears:
-        bctx.set_weight(name, bctx.weight(name) * s[None, :])
-
-
-@torch.no_grad()
-def fold_is_equivalent(bctx, group) -> bool:
-    """Fold random scales, compare the block's output on one calibration batch, undo.
-
-    The shape test is not enough: in a post-LN block (BERT) the norm before the MLP also feeds the
-    residual branch, so scaling it changes the function; this check catches any such case.
-    """
-    if not fold_shape_ok(bctx, group):
-        return False
-    x, kw = bctx.inputs[0], bctx.kwargs[0]
-
-    def out():
-        o = bctx.block(x, **kw)
-        return (o[0] if isinstance(o, tuple) else o).float()
-
-    names = [group.prev, *group.linears]
-    saved = {
-        n: p.detach().clone()
-        for n, p in bctx.block.named_parameters()
-        if any(n == f"{m}.weight" or n == f"{m}.bias" for m in names)
-    }
-    ref = out()
-    n_in = bctx.weight(group.linears[0]).shape[1]
-    fold_scales(bctx, group, torch.rand(n_in, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.5)
-    ok = torch.allclose(out(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
-    params = dict(bctx.block.named_parameters())
-    for n, v in saved.items():
-        params[n].copy_(v)
-    return ok
-
-
 def awq_block(
     bctx, *, bits: int, group_size: int, sym: bool, n_grid: int, clip: bool, search_samples: int
 ) -> dict[str, float]:

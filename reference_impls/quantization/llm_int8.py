@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from reference_impls.common.adapters import get_weight
+from reference_impls.common.folding import inject_activation_outliers
 from reference_impls.common.registry import Option, register
 
 INT8_MAX = 127
@@ -135,8 +136,6 @@ class Int8Linear(nn.Module):
     },
 )
 def run_llm_int8(ctx, *, threshold, fp16_weights, inject_outliers, stat_batches) -> dict:
-    from reference_impls.quantization.smoothquant import inject_activation_outliers
-
     injected = []
     if inject_outliers:
         injected = inject_activation_outliers(

@@ -29,8 +29,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reference_impls.common.folding import (
+    fold_is_equivalent,
+    fold_scales,
+    inject_activation_outliers,
+    is_norm,
+)
 from reference_impls.common.registry import Option, register
-from reference_impls.quantization.awq import fold_is_equivalent
 
 INT8_MAX = 127
 
@@ -108,24 +113,6 @@ class W8A8Linear(nn.Module):
         return nn.functional.linear(xq, self.weight, self.bias)
 
 
-def fold_smoothing(norm: nn.Module, linears: list[nn.Module], s: torch.Tensor) -> None:
-    """norm.weight /= s (and its bias), each linear's weight columns *= s: outputs are unchanged."""
-    from reference_impls.common.adapters import get_weight, set_weight
-
-    with torch.no_grad():
-        norm.weight.div_(s.to(norm.weight.dtype))
-        if getattr(norm, "bias", None) is not None:
-            norm.bias.div_(s.to(norm.bias.dtype))
-        for lin in linears:
-            set_weight(lin, get_weight(lin).float() * s[None, :])
-
-
-def is_norm(module: nn.Module) -> bool:
-    """A LayerNorm or RMSNorm-like module: an elementwise weight of the feature size, no matmul."""
-    w = getattr(module, "weight", None)
-    return w is not None and w.dim() == 1 and not isinstance(module, nn.Linear)
-
-
 # ---------------------------------------------------------------- block level (shared layer walk)
 def smooth_block(bctx, *, alpha: float = 0.5) -> int:
     """Fold smoothing factors into every norm -> linears group of one block; returns groups smoothed.
@@ -140,7 +127,7 @@ def smooth_block(bctx, *, alpha: float = 0.5) -> int:
             continue  # a post-LN norm that also feeds the residual (BERT) cannot absorb the scales
         act_max = bctx.stats[group.linears[0]].act_max  # the group's linears share this input
         s = smoothing_factors(act_max, [bctx.weight(n) for n in group.linears], alpha=alpha)
-        fold_smoothing(bctx.block.get_submodule(group.prev), [bctx.linears[n] for n in group.linears], s)
+        fold_scales(bctx, group, s)
         done += 1
     return done
 
@@ -168,73 +155,6 @@ def quantize_block_w8a8(
         bctx.linears[name] = new
         replaced[name] = new
     return replaced
-
-
-# ---------------------------------------------------------------- outlier injection (a stress test)
-@torch.no_grad()
-def inject_activation_outliers(
-    model: nn.Module, adapter, probe: dict, *, factor: float, n_channels: int = 4, seed: int = 0
-) -> list[int]:
-    """Give the model systematic activation outliers without changing its function.
-
-    Small models lack the 10-100x outlier features that appear in LLMs beyond ~6.7B parameters
-    (LLM.int8(), SmoothQuant). Multiplying a few channels of every norm that feeds linears by
-    `factor` and dividing the matching weight columns of those linears by it is an exact equivalent
-    transform in real arithmetic, and reproduces that regime for 8-bit activation quantizers. Each
-    kind of norm is kept only if the model's output on `probe` is unchanged (post-LN norms that also
-    feed the residual are left alone). Returns the chosen channels, or [] when no norm kept them.
-    """
-    from reference_impls.common.adapters import get_weight, set_weight
-
-    device = next(model.parameters()).device
-    probe = {k: v.to(device) for k, v in probe.items()}
-    ref = model(**probe)[0].float()
-    blocks = adapter.blocks(model)
-    hidden = None
-    chosen: list[int] = []
-    kept = 0
-    for group in adapter.input_groups:
-        if group.prev is None or not is_norm(blocks[0].get_submodule(group.prev)):
-            continue
-        if hidden is None:
-            hidden = blocks[0].get_submodule(group.prev).weight.numel()
-            chosen = torch.randperm(hidden, generator=torch.Generator().manual_seed(seed))[
-                :n_channels
-            ].tolist()
-        saved = []
-        for block in blocks:
-            norm = block.get_submodule(group.prev)
-            if norm.weight.numel() != hidden:
-                continue
-            saved.append(
-                (
-                    norm,
-                    norm.weight.detach().clone(),
-                    None if getattr(norm, "bias", None) is None else norm.bias.detach().clone(),
-                    [
-                        (block.get_submodule(n), get_weight(block.get_submodule(n)).clone())
-                        for n in group.linears
-                    ],
-                )
-            )
-            norm.weight[chosen] *= factor
-            if getattr(norm, "bias", None) is not None:
-                norm.bias[chosen] *= factor
-            for lin, w in saved[-1][3]:
-                w2 = w.clone()
-                w2[:, chosen] /= factor
-                set_weight(lin, w2)
-        out = model(**probe)[0].float()
-        if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()):
-            for norm, w, b, lins in saved:  # not an equivalent transform here: undo
-                norm.weight.copy_(w)
-                if b is not None:
-                    norm.bias.copy_(b)
-                for lin, lw in lins:
-                    set_weight(lin, lw)
-        else:
-            kept += 1
-    return chosen if kept else []
 
 
 # ---------------------------------------------------------------- model level
