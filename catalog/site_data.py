@@ -60,34 +60,80 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def implementations(records: list[Record]) -> dict[str, dict]:
-    """impl module -> {"name": registered method name}, read from the module source.
+def registry_index() -> dict[str, dict]:
+    """impl module -> {"name", "names", "doc"}: the methods it registers and its docstring.
 
-    Reading `@register("name", ...)` from the file avoids importing torch and every method just
-    to print a command line on a page.
+    Imports every method module through the registry (torch included: about two seconds cold).
     """
-    import ast
-    import importlib.util
-    import re
+    import inspect
+    import sys
 
-    found: dict[str, dict] = {}
-    for module in sorted({r.impl.module for r in records if r.impl}):
+    from reference_impls.common import registry
+
+    index: dict[str, dict] = {}
+    for method in registry.all_methods():
+        doc = inspect.getdoc(sys.modules[method.module]) or ""
+        entry = index.setdefault(method.module, {"name": method.name, "names": [], "doc": doc})
+        entry["names"].append(method.name)
+    if registry.DISCOVERY_ERRORS:
+        log.warning("reference_impls modules that failed to import: %s", registry.DISCOVERY_ERRORS)
+    return index
+
+
+def sources_hash(directories: list[Path]) -> str:
+    """Hash of the path and content of every `*.py` file under `directories`."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(Path(directory).rglob("*.py")):
+            digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def impl_sources_hash() -> str:
+    """`sources_hash` of reference_impls/, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("reference_impls")
+    return sources_hash([Path(p) for p in (spec.submodule_search_locations or [])] if spec else [])
+
+
+def cached_registry_index(cache_dir: Path) -> dict[str, dict]:
+    """`registry_index()`, cached by the hash of the reference_impls sources.
+
+    The site needs each method's name and docstring, not torch: a rebuild with unchanged sources
+    imports nothing, and any edit under reference_impls/ changes the hash, so the cache cannot go stale.
+    """
+    cache = cache_dir / f"impls-{impl_sources_hash()}.json"
+    if cache.exists():
         try:
-            spec = importlib.util.find_spec(module)
-            source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
-        except (ImportError, OSError, ValueError):
-            continue
-        names = re.findall(r'@register\(\s*"([^"]+)"', source)
-        if names:
-            try:
-                doc = ast.get_docstring(ast.parse(source)) or ""
-            except SyntaxError:
-                doc = ""
-            found[module] = {"name": names[0], "names": names, "doc": doc}
-    return found
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # a damaged cache is recomputed
+    from reference_impls.common import registry
+
+    index = registry_index()
+    if registry.DISCOVERY_ERRORS:
+        return index  # an environment that cannot import every method is not cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob("impls-*.json"):
+        old.unlink(missing_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    tmp.replace(cache)
+    return index
+
+
+def implementations(records: list[Record], cache_dir: Path | None = None) -> dict[str, dict]:
+    """impl module -> {"name": registered method name, "names", "doc"} for the modules records link to.
+
+    Names come from the registry (reference_impls.common.registry); with `cache_dir` its answer is
+    cached by source hash (`cached_registry_index`).
+    """
+    index = registry_index() if cache_dir is None else cached_registry_index(cache_dir)
+    return {module: index[module] for module in sorted({r.impl.module for r in records if r.impl}) if module in index}
 
 
 def site_data(records: list[Record], root: Path) -> SiteData:
     cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
-    return SiteData(records=records, similar=similar, impls=implementations(records), results=load_results(root / "results"))
+    return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir), results=load_results(root / "results"))

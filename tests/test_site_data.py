@@ -68,3 +68,47 @@ def test_results_table_shows_one_setting_cell_with_the_options_that_vary():
     assert not any("group\\_size" in line or "group_size" in line for line in table)  # constant: not shown
     assert any("| common setting |" in line and r"perplexity 46\.170" in line for line in table)
     assert r"Common setting: bits=4; other rows list what they change\." in table
+
+
+def test_implementations_name_the_registered_method_of_each_linked_module():
+    import inspect
+    import sys
+    from pathlib import Path
+
+    from catalog.site_data import implementations
+    from reference_impls.common import registry
+
+    records = [r for r in load_records(Path("papers")) if r.impl]
+    impls = implementations(records)
+    assert set(impls) == {r.impl.module for r in records}  # every linked module registers a method
+    for module, info in impls.items():
+        assert registry.get(info["name"]).module == module
+        assert info["doc"] == inspect.getdoc(sys.modules[module])
+
+
+def test_registry_index_is_cached_until_a_reference_impls_source_changes(tmp_path, monkeypatch):
+    import catalog.site_data as site_data
+
+    fresh = site_data.registry_index()
+    calls = []
+    monkeypatch.setattr(site_data, "registry_index", lambda: calls.append(1) or fresh)
+    monkeypatch.setattr(site_data, "impl_sources_hash", lambda: "sources-a")
+    assert site_data.cached_registry_index(tmp_path) == fresh and len(calls) == 1
+    assert site_data.cached_registry_index(tmp_path) == fresh and len(calls) == 1  # read from the cache
+    monkeypatch.setattr(site_data, "impl_sources_hash", lambda: "sources-b")
+    assert site_data.cached_registry_index(tmp_path) == fresh and len(calls) == 2
+    assert [p.name for p in tmp_path.glob("impls-*.json")] == ["impls-sources-b.json"]
+
+
+def test_sources_hash_follows_every_edit(tmp_path):
+    from catalog.site_data import sources_hash
+
+    (tmp_path / "family").mkdir()
+    method = tmp_path / "family" / "method.py"
+    method.write_text('@register("a")\n')
+    first = sources_hash([tmp_path])
+    assert sources_hash([tmp_path]) == first
+    method.write_text('@register("b")\n')
+    edited = sources_hash([tmp_path])
+    (tmp_path / "family" / "other.py").write_text("")
+    assert len({first, edited, sources_hash([tmp_path])}) == 3
