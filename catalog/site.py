@@ -1,15 +1,18 @@
 """Site pages generated from validated records: plain functions from records to Markdown.
 
 `generate_pages` returns {relative path: Markdown text}; the mkdocs hook (site/hooks/atlas.py) adds
-them to the build, so this module never touches mkdocs and is tested directly.
+them to the build, so the page functions never touch mkdocs and are tested directly. `build_site`
+runs mkdocs with that hook: the one library call behind `atlas build`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from catalog.export import citation_keys, to_bibtex, to_json
 from catalog.schema import Record
@@ -17,6 +20,7 @@ from catalog.site_text import attr, front_matter, leaf_slug, md
 from catalog.vocabulary import vocabulary
 
 SUMMARY_FIELDS = ("problem", "method", "results", "limitations")
+MKDOCS_CONFIG = Path("mkdocs.yml")
 
 
 @dataclass
@@ -300,3 +304,15 @@ def generate_pages(data: SiteData) -> dict[str, str]:
     for leaf in vocab.taxonomy:
         pages[f"taxonomy/{leaf_slug(leaf)}.md"] = leaf_page(leaf, data)
     return pages
+
+
+def build_site(papers: Path, site_dir: Path, *, config: Path = MKDOCS_CONFIG, strict: bool = True) -> None:
+    """Run mkdocs (with the atlas hook) on the catalog in `papers`; CatalogInvalid lists its errors."""
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+    os.environ.setdefault("DISABLE_MKDOCS_2_WARNING", "1")
+    os.environ["ATLAS_PAPERS"] = str(papers.resolve())
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    cfg = load_config(config_file=str(config), site_dir=str(site_dir.resolve()), strict=strict)
+    build(cfg)

@@ -34,7 +34,7 @@ def synthetic_catalog(papers: Path, target: Path, n: int) -> Path:
 
 
 def timed_build(papers: Path, cache: Path, *, similar: bool = True) -> float:
-    from catalog.commands.site_cmds import build_site
+    from catalog.site import build_site
 
     os.environ["ATLAS_CACHE"] = str(cache)
     if similar:

@@ -7,7 +7,7 @@ from urllib.parse import unquote, urldefrag
 
 import pytest
 
-from catalog.commands.site_cmds import build_site
+from catalog.site import build_site
 from tests.catalog_fixtures import record_text, write_catalog
 
 EVIL_TITLE = "<script>alert(1)</script> **bold** {{ config.site_name }} [link](http://x) {% raw %}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.commands.site_cmds import build_site
+from catalog.site import build_site
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "screenshots"

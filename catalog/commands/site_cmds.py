@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from catalog.cli_app import PapersOption, app, papers_dir
-from catalog.commands.catalog_cmds import err, fail
-
-ROOT_CONFIG = Path("mkdocs.yml")
-
-
-def build_site(papers: Path, site_dir: Path, *, config: Path = ROOT_CONFIG, strict: bool = True) -> None:
-    """Run mkdocs (with the atlas hook) on the catalog in `papers`."""
-    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
-    os.environ.setdefault("DISABLE_MKDOCS_2_WARNING", "1")
-    os.environ["ATLAS_PAPERS"] = str(papers.resolve())
-    from mkdocs.commands.build import build
-    from mkdocs.config import load_config
-
-    cfg = load_config(config_file=str(config), site_dir=str(site_dir.resolve()), strict=strict)
-    build(cfg)
+from catalog.commands.catalog_cmds import err, fail, invalid_exit
+from catalog.load import CatalogInvalid
+from catalog.site import MKDOCS_CONFIG, build_site
 
 
 @app.command("build")
@@ -39,17 +26,13 @@ def build_cmd(
 
     from mkdocs.exceptions import Abort, ConfigurationError
 
-    from catalog.load import CatalogInvalid
-
-    if not ROOT_CONFIG.exists():
+    if not MKDOCS_CONFIG.exists():
         raise fail("mkdocs.yml not found: run atlas build from the repository root")
     start = time.perf_counter()
     try:
         build_site(papers_dir(papers), site_dir, strict=strict)
     except CatalogInvalid as exc:
-        for e in exc.errors:
-            err.print(str(e), markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise invalid_exit(exc) from None
     except (Abort, ConfigurationError) as exc:
         raise fail(f"site build failed: {exc}") from None
     err.print(f"built {site_dir} in {time.perf_counter() - start:.1f} s", highlight=False)
