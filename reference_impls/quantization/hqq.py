@@ -17,9 +17,20 @@ solved by half-quadratic splitting with an auxiliary error variable W_e:
 
 alternating (i) W_e ← shrink_p(W - W_r, β), the generalised soft-thresholding
 shrink_p(x, β) = sign(x) · relu(|x| - |x|^(p-1) / β), and (ii) the closed-form zero
-z ← mean_group(W_q - (W - W_e) / s); β grows by κ each iteration, and the loop keeps the best
-iterate and stops at the first iteration whose mean absolute error does not improve (the authors'
-defaults: p = 0.7, β = 10, κ = 1.01, 20 iterations, group size 64).
+z ← mean_group(W_q - (W - W_e) / s). Each iteration measures the mean absolute error of the iterate
+it used, then updates z; the loop stops at the first iteration whose error does not improve, and
+the zero point returned is that of the last update (computed from the rejected iterate, or, when
+all `iters` improve, an iterate never measured), not the best one evaluated — as the official `hqq`
+package (`optimize_weights_proximal_legacy`, its quantizer's default optimiser) returns it.
+The authors' defaults: p = 0.7, β = 10, κ = 1.01, 20 iterations, group size 64.
+
+Beta schedule: β grows by κ each iteration, as in the HQQ write-up and hqq ≤ 0.2.6 (the default
+κ = 1.01). hqq 0.2.7 and 0.2.8 (0.2.8.post1 read) dropped the growth: their legacy optimiser keeps
+β constant and ignores κ; `kappa=1.0` here reproduces them. With `kappa=1.0` and p, β, iters as
+given, the result equals `hqq.core.quantize.Quantizer.quantize(W, nbits, group_size=g, axis=1,
+round_zero=False, optimize=True)` on CPU bit for bit (tests/test_hqq.py): we use its arithmetic
+(inverse scale 1/s = (2^b - 1)/(max - min), 1 where max - min <= 1e-4, capped at 2e4; float32).
+Its `BaseQuantizeConfig` rounds the initial zero for 4 bits (`round_zero=True`); we do not.
 
 Implemented: the zero-point optimisation above with a float (unrounded) zero, as the official code
 does by default; exact storage accounting with a 16-bit scale and a 16-bit zero per group.
@@ -48,9 +59,10 @@ class HQQResult:
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
-    """Generalised soft-thresholding: the proximal step of (1/β)·|x|^p."""
+    """Generalised soft-thresholding: the proximal step of (1/β)·|x|^p (the hqq package's arithmetic)."""
     a = x.abs()
-    return torch.sign(x) * torch.relu(a - a.clamp(min=1e-12).pow(p - 1) / beta)
+    step = 1.0 / beta if p == 1 else (1.0 / beta) * a.pow(p - 1)  # 0^(p-1) = inf: shrinks to 0
+    return (a - step).clamp(min=0.0) * torch.sign(x)
 
 
 def _groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -71,32 +83,34 @@ def hqq_quantize_detailed(
     kappa: float = 1.01,
     iters: int = 20,
 ) -> HQQResult:
-    W = _groups(weight.detach().float(), group_size)  # (out, n_groups, g)
+    G = _groups(weight.detach().float(), group_size)  # (out, n_groups, g)
+    W = G.reshape(-1, G.shape[-1])  # one group per row, as the hqq package lays them out (axis=1)
     maxq = 2**bits - 1
-    wmin, wmax = W.amin(-1, keepdim=True), W.amax(-1, keepdim=True)
-    s = ((wmax - wmin) / maxq).clamp(min=1e-8)  # (out, n_groups, 1)
-    z = -wmin / s  # min-max initialisation; iters = 0 gives plain min-max with a float zero
+    wmin, wmax = W.amin(1, keepdim=True), W.amax(1, keepdim=True)
+    # the hqq package's arithmetic: it works with the inverse scale 1/s and quantizes as W·(1/s) + z;
+    # a group with range <= 1e-4 gets 1/s = 1, and 1/s is capped at 2e4
+    denom = wmax - wmin
+    inv = torch.where(denom.abs() <= 1e-4, torch.ones_like(denom), maxq / denom).clamp(max=2e4)
+    z = -wmin * inv  # min-max initialisation; iters = 0 gives plain min-max with a float zero
 
-    def reconstruct(z):
-        Wq = torch.clamp(torch.round(W / s + z), 0, maxq)
-        return Wq, s * (Wq - z)
-
-    result = HQQResult(weight, s, z)
-    best_err, best_z = float("inf"), z
+    result = HQQResult(weight, 1.0 / inv, z)
+    best_err = float("inf")
     for _ in range(iters):
-        Wq, Wr = reconstruct(z)
-        err = (W - Wr).abs().mean().item()
+        Wq = torch.round(W * inv + z).clamp(0, maxq)
+        Wr = (Wq - z) / inv
+        We = shrink_lp(W - Wr, beta, lp_norm)  # (i) error variable
+        z = torch.mean(Wq - (W - We) * inv, dim=1, keepdim=True)  # (ii) closed-form zero point
+        beta *= kappa
+        err = (W - Wr).abs().mean().item()  # of the iterate just used, not of the new z
         result.trace.append(err)
         result.lp_trace.append((W - Wr).abs().pow(lp_norm).sum().item())
-        if err >= best_err:
-            break
-        best_err, best_z = err, z
-        We = shrink_lp(W - Wr, beta, lp_norm)  # (i) error variable
-        z = (Wq - (W - We) / s).mean(-1, keepdim=True)  # (ii) closed-form zero point
-        beta *= kappa
-    _, Wr = reconstruct(best_z)
+        if not err < best_err:
+            break  # the zero computed from the rejected iterate is kept, as the hqq package does
+        best_err = err
+    s = 1.0 / inv
+    Wr = (torch.round(W * inv + z).clamp(0, maxq) - z) * s
     result.weight = Wr.reshape(weight.shape).to(weight.dtype)
-    result.scale, result.zero = s.squeeze(-1), best_z.squeeze(-1)
+    result.scale, result.zero = s.reshape(G.shape[:2]), z.reshape(G.shape[:2])
     return result
 
 
