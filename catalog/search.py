@@ -4,7 +4,7 @@
 embedding model is loaded at most once per Searcher and only when a query needs it. Filters are
 applied before ranking is cut to top-k, so a filter never hides a hit that a deeper list would
 have had. The defaults below (mode, pooling, fusion) are the ones `catalog.search_bench` measured
-best on the tuning part of `tests/data/search_eval.jsonl`; the figures are in results/search.json.
+best on the tuning part of `catalog/data/search_eval.jsonl`; the figures are in results/search.json.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`atlas bench search`: search quality on tests/data/search_eval.jsonl, latency, index build time.
+"""`atlas bench search`: search quality on catalog/data/search_eval.jsonl, latency, index build time.
 
 Quality: recall@10 (hits over min(|relevant|, 10), so broad questions with many relevant papers are
 not capped below 1), MRR@10 and nDCG@10 (gain 2^grade - 1) for each mode, on the tuning part and on
@@ -29,7 +29,7 @@ from catalog.load import CatalogInvalid, load_catalog, load_records
 from catalog.schema import Record
 from catalog.search import DEFAULT_MODE, MODES, Hit, SearchConfig, Searcher
 
-EVAL_FILE = Path(__file__).resolve().parent.parent / "tests" / "data" / "search_eval.jsonl"
+EVAL_FILE = Path(__file__).resolve().parent / "data" / "search_eval.jsonl"  # package data
 RESULTS = Path("results") / "search.json"
 K = 10
 

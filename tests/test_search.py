@@ -337,3 +337,10 @@ def test_a_failed_save_still_returns_the_index(tmp_path, fake_embed, monkeypatch
     built = load_or_build(RECORDS, tmp_path, progress=False, log=messages.append)
     assert built.fields.shape[0] == len(RECORDS)
     assert any("No space left" in m for m in messages)
+
+
+def test_evaluation_set_is_package_data_not_read_from_tests():
+    from catalog.search_bench import EVAL_FILE
+
+    assert EVAL_FILE.is_file() and "tests" not in EVAL_FILE.relative_to(Path(__file__).resolve().parent.parent).parts
+    assert len(load_eval()) == 74 and all(q["split"] in ("tune", "held") for q in load_eval())
