@@ -250,16 +250,11 @@ class Searcher:
         if self.encoder is None:
             self.encoder = QueryEncoder()
         if self._blas is None:
-            try:  # one BLAS thread: tiny matrices, and the 2 shared cores thrash with more
-                from threadpoolctl import ThreadpoolController
+            from threadpoolctl import ThreadpoolController  # local: only queries that embed need it
 
-                self._blas = ThreadpoolController()
-            except ImportError:
-                self._blas = False
-        if self._blas:
-            with self._blas.limit(limits=1, user_api="blas"):
-                return self.encoder.encode(text)
-        return self.encoder.encode(text)
+            self._blas = ThreadpoolController()
+        with self._blas.limit(limits=1, user_api="blas"):  # one thread: tiny matrices, shared cores
+            return self.encoder.encode(text)
 
     # -- ranking --
     def _allowed(self, filters: Filters | None) -> np.ndarray | None:

@@ -28,11 +28,8 @@ def similar_papers(records: list[Record], cache_dir: Path) -> dict[str, list[str
             return json.loads(cache.read_text())
         except (OSError, ValueError):
             pass  # a damaged cache is recomputed
-    try:
-        from catalog.search import Searcher
-    except ImportError:
-        log.warning("catalog.search unavailable: pages show no similar papers")
-        return {}
+    from catalog.search import Searcher  # local: loads the search stack only on a cache miss
+
     searcher = Searcher(records, cache_dir=cache_dir, progress=False)
     result = {r.id: [hit.record.id for hit in searcher.similar(r.id, top_k=SIMILAR_K)] for r in records}
     cache_dir.mkdir(parents=True, exist_ok=True)
