@@ -111,46 +111,76 @@ def _clean_message(error: dict) -> str:
     return msg
 
 
-def parse_file(path: Path, display: str | None = None, lines_out: dict | None = None) -> tuple[Record | None, list[CatalogError]]:
+class _Problem(Exception):
+    """One error that stops a file from being read: (line, field, message)."""
+
+
+def _read_text(path: Path) -> str:
+    """The file as text; _Problem if it cannot be read, is too large, not UTF-8 or empty."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _Problem(1, "file", f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _Problem(1, "file", f"file is {len(raw)} bytes, larger than the {MAX_FILE_BYTES}-byte limit "
+                                  "for a record")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _Problem(line, "file", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                                     "save the file as UTF-8") from None
+    if not text.strip():
+        raise _Problem(1, "file", "empty file; a record needs at least id, title, authors, year, url, "
+                                  "themes, taxonomy, summary")
+    return text
+
+
+def _compose(text: str) -> tuple[Node, dict]:
+    """The YAML document's root node and its mapping; _Problem for bad YAML or a non-mapping."""
+    loader = _NoAliasLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise _Problem(1, "file", "empty document")
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise _Problem(line, "yaml", f"malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise _Problem(1, "yaml", f"malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise _Problem(node.start_mark.line + 1, "record",
+                       f"a record is a mapping of fields, got a {type(data).__name__}")
+    return node, data
+
+
+def _schema_errors(exc: ValidationError, lines: dict[tuple, int], shown: str) -> list[CatalogError]:
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = _clean_message(err)
+        if not loc and ": " in msg and msg.split(": ", 1)[0].isidentifier():
+            field_name, msg = msg.split(": ", 1)  # model-level checks name their field
+            loc = (field_name,)
+        errors.append(CatalogError(shown, _line_for(lines, loc), _field_name(loc), msg))
+    return errors
+
+
+def parse_file(path: Path, display: str | None = None,
+               lines_out: dict | None = None) -> tuple[Record | None, list[CatalogError]]:
     """Parse and validate one record file; never raises for bad content.
 
     `lines_out`, when given, receives the key-path -> line index of the file.
     """
     shown = display or str(path)
-
-    def fail(line: int, fld: str, message: str):
-        return None, [CatalogError(shown, line, fld, message)]
-
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return fail(1, "file", f"cannot read: {exc.strerror}")
-    if len(raw) > MAX_FILE_BYTES:
-        return fail(1, "file", f"file is {len(raw)} bytes, larger than the {MAX_FILE_BYTES}-byte limit for a record")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return fail(line, "file", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8")
-    if not text.strip():
-        return fail(1, "file", "empty file; a record needs at least id, title, authors, year, url, themes, taxonomy, summary")
-
-    loader = _NoAliasLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return fail(1, "file", "empty document")
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        return fail(line, "yaml", f"malformed YAML: {exc.problem or exc.context}")
-    except yaml.YAMLError as exc:
-        return fail(1, "yaml", f"malformed YAML: {exc}")
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        return fail(node.start_mark.line + 1, "record", f"a record is a mapping of fields, got a {type(data).__name__}")
+        node, data = _compose(_read_text(path))
+    except _Problem as problem:
+        return None, [CatalogError(shown, *problem.args)]
 
     lines = _line_index(node)
     if lines_out is not None:
@@ -158,18 +188,11 @@ def parse_file(path: Path, display: str | None = None, lines_out: dict | None = 
     try:
         record = Record.model_validate(data)
     except ValidationError as exc:
-        errors = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = _clean_message(err)
-            if not loc and ": " in msg and msg.split(": ", 1)[0].isidentifier():
-                field_name, msg = msg.split(": ", 1)  # model-level checks name their field
-                loc = (field_name,)
-            errors.append(CatalogError(shown, _line_for(lines, loc), _field_name(loc), msg))
-        return None, errors
+        return None, _schema_errors(exc, lines, shown)
 
     if record.id != path.stem:
-        return fail(lines.get(("id",), 1), "id", f"'{record.id}' must equal the file name stem '{path.stem}'")
+        message = f"'{record.id}' must equal the file name stem '{path.stem}'"
+        return None, [CatalogError(shown, lines.get(("id",), 1), "id", message)]
     return record, []
 
 

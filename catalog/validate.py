@@ -6,6 +6,7 @@ import importlib.util
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from catalog.parse import Catalog, CatalogError, display_path
@@ -48,6 +49,15 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
         path = catalog.paths[record_id]
         errors.append(CatalogError(display_path(path), catalog.line(record_id, key), key, message))
 
+    _check_unique(catalog, err)
+    _check_records(catalog, err)
+    if coverage:
+        errors.extend(coverage_errors(catalog, papers))
+    return errors
+
+
+def _check_unique(catalog: Catalog, err: Callable[[str, str, str], None]) -> None:
+    """No two records share an id, an arXiv id or a normalized title."""
     for key, value_of, what in (
         ("id", lambda r: r.id, "id"),
         ("arxiv", lambda r: r.arxiv, "arXiv id"),
@@ -64,6 +74,9 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
             else:
                 seen[value] = record.id
 
+
+def _check_records(catalog: Catalog, err: Callable[[str, str, str], None]) -> None:
+    """Links to records and implementations resolve; summary length and tags are in range."""
     ids = {r.id for r in catalog.records}
     for record in catalog.records:
         for rid in record.related:
@@ -78,10 +91,6 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
             err(record.id, "summary", f"{words} words; a summary has {lo}-{hi} words over its four fields")
         if not 1 <= len(record.tags):
             err(record.id, "tags", "at least one tag is required")
-
-    if coverage:
-        errors.extend(coverage_errors(catalog, papers))
-    return errors
 
 
 def coverage_errors(catalog: Catalog, papers: Path) -> list[CatalogError]:
