@@ -10,8 +10,10 @@ Implemented (simplified), for Llama-family decoders:
   aggregation), the gradient of the language-modelling loss accumulated over calibration batches;
 - the same ratio of KV groups and of MLP channels removed in every pruned layer, the first and last
   `skip_layers` layers left whole (the repository prunes layers 4-30 of LLaMA-7B's 32), physically;
-- recovery: LoRA (rank `lora_rank`, on all seven projections) trained for `recovery_steps` steps on
-  the calibration windows, then merged into the weights, so the result is a plain smaller model.
+- recovery: LoRA from `peft` (rank `lora_rank`, on all seven projections) trained with the shared
+  loop (`common/training.py`: AdamW, warm-up + cosine, clipping) for `recovery_steps` steps or
+  `time_budget` seconds on the calibration windows, then merged with peft's `merge_and_unload`, so the
+  result is a plain smaller model.
 Simplified: the repository traces dependencies automatically, offers vector-wise, second-order and
 element-wise variants, and recovers on 50k Alpaca instructions for two epochs; here recovery is a
 few steps on the calibration text, and the groups are hand-written for Llama.
@@ -23,6 +25,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reference_impls.common.training import (
+    TrainConfig,
+    TrainResult,
+    add_lora,
+    causal_lm_loss,
+    cycle,
+    merge_lora,
+    train,
+)
 from reference_impls.pruning.structure import (
     decoder_layers,
     keep_attention_groups,
@@ -61,64 +72,16 @@ def lowest(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.sort(torch.argsort(scores, descending=True)[: scores.numel() - n_remove]).values
 
 
-class LoRALinear(nn.Module):
-    """y = W x + (α/r)·B A x with W frozen; `merge` folds the update into W."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(
-            torch.randn(rank, base.in_features, dtype=base.weight.dtype) / base.in_features**0.5
-        )
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.A.T @ self.B.T) * self.scale
-
-    def merge(self) -> nn.Linear:
-        self.base.weight.data += (self.B @ self.A).data * self.scale
-        return self.base
-
-
-PROJECTIONS = (
-    ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-    ("mlp", ("gate_proj", "up_proj", "down_proj")),
-)
-
-
-def lora_recover(
-    model: nn.Module, batches: list[dict], *, steps: int, rank: int = 8, lr: float = 3e-4
-) -> list[float]:
-    """Train LoRA adapters on the calibration windows for `steps` steps, merge them; return losses."""
-    layers = decoder_layers(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    adapters = []
-    for layer in layers:
-        for owner_name, names in PROJECTIONS:
-            owner = getattr(layer, owner_name)
-            for name in names:
-                lora = LoRALinear(getattr(owner, name), rank, alpha=2 * rank)
-                setattr(owner, name, lora)
-                adapters.append((owner, name, lora))
-    params = [p for _, _, lora in adapters for p in (lora.A, lora.B)]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    losses = []
-    model.train()
-    device = next(model.parameters()).device
-    for step in range(steps):
-        ids = batches[step % len(batches)]["input_ids"].to(device)
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    for owner, name, lora in adapters:
-        setattr(owner, name, lora.merge())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return losses
+def lora_recover(model: nn.Module, batches: list[dict], *, steps: int, rank: int = 8, lr: float = 3e-4,
+                 seed: int = 0, time_budget: float | None = None) -> TrainResult:
+    """LoRA adapters (peft, on every block linear, alpha = 2·rank) trained on the calibration windows
+    with the shared loop, then merged into the pruned weights; returns the loop's record."""
+    peft_model = add_lora(model, rank=rank, alpha=2 * rank)
+    cfg = TrainConfig(max_steps=steps, time_budget=time_budget, lr=lr, warmup_steps=max(1, steps // 10),
+                      seed=seed)
+    result = train(peft_model.parameters(), causal_lm_loss(peft_model), cycle(batches), cfg)
+    merge_lora(peft_model)  # folds B·A·alpha/r into the base weights of `model`, in place
+    return result
 
 
 def llm_pruner_prune(
@@ -158,9 +121,10 @@ from reference_impls.pruning.structure import count_params  # noqa: E402
         "gradient_batches": Option(4, "calibration batches whose loss gradients give the importance"),
         "recovery_steps": Option(20, "LoRA recovery steps on the calibration windows (0 = none)"),
         "lora_rank": Option(8, "rank of the recovery adapters"),
+        "time_budget": Option(0.0, "wall-clock limit of the recovery in seconds (0 = none)"),
     },
 )
-def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps, lora_rank) -> dict:
+def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps, lora_rank, time_budget) -> dict:
     if ctx.loaded.kind != "causal":
         raise ValueError("llm-pruner needs a causal LM: its importance is the gradient of the LM loss")
     sizes = dense_linear_sizes(ctx)
@@ -168,10 +132,11 @@ def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps,
     probe = LatencyProbe(ctx.model)
     batches = ctx.calibration
     llm_pruner_prune(ctx.model, batches[:gradient_batches], ratio=ratio, skip_layers=skip_layers)
-    losses = lora_recover(ctx.model, batches, steps=recovery_steps, rank=lora_rank) if recovery_steps else []
+    recovery = lora_recover(ctx.model, batches, steps=recovery_steps, rank=lora_rank, seed=ctx.seed,
+                            time_budget=time_budget or None) if recovery_steps else None
     record_structured(ctx, sizes)
     out = {"params_removed": 1 - count_params(ctx.model) / params_dense}
-    if losses:
-        out.update(recovery_loss_first=losses[0], recovery_loss_last=losses[-1])
+    if recovery is not None:
+        out.update(recovery.summary("recovery"))
     out.update(probe.metrics(ctx.model))
     return out
