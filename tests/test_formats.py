@@ -156,3 +156,132 @@ def test_mx_error_ordering_and_bits():
     assert mx_bits_per_element("mxint8") == 8.25
     # a ragged last block is quantized on its own
     assert mx_quantize(torch.randn(3, 40, generator=g), "mxfp4").shape == (3, 40)
+
+
+# ---------------------------------------------------------------- FP8 against torch's casts, bit for bit
+def _fp8_inputs(fmt):
+    g = torch.Generator().manual_seed(4)
+    vals = torch.arange(256, dtype=torch.uint8).view(TORCH_DTYPES[fmt]).float()
+    finite = vals[torch.isfinite(vals)]
+    s = finite.unique().sort().values
+    mids = (s[1:] + s[:-1]) / 2
+    rand = (
+        torch.exp2(torch.empty(100_000).uniform_(-20, 17, generator=g))
+        * torch.randn(100_000, generator=g).sign()
+    )
+    special = torch.tensor(
+        [math.inf, -math.inf, math.nan, -math.nan, 0.0, -0.0, 1e30, -1e30, 464.0, 480.0, 61440.0]
+    )
+    return torch.cat([finite, mids, torch.nextafter(mids, s[-1].expand_as(mids)), rand, special])
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_encode_matches_torch_bits_in_both_modes(fmt):
+    x = _fp8_inputs(fmt)
+    dt, top = TORCH_DTYPES[fmt], {"e4m3": 448.0, "e5m2": 57344.0}[fmt]
+    torch_bits = x.to(dt).view(torch.uint8).long()
+    clamped_bits = x.clamp(-top, top).to(dt).view(torch.uint8).long()  # clamp keeps NaN
+    sat, nosat = fp_encode(x, fmt, saturate=True), fp_encode(x, fmt, saturate=False)
+    # every value that rounds into the finite range, +-0, subnormals and NaN (sign kept): both modes
+    overflow = ~torch.isnan(x) & ~(fp_quantize(x, fmt, saturate=False).abs() <= top)  # NaN or inf
+    assert overflow.sum() > 100
+    assert torch.equal(sat[~overflow], torch_bits[~overflow])
+    assert torch.equal(nosat[~overflow], torch_bits[~overflow])
+    # saturate=True is torch's cast of the clamped value everywhere
+    assert torch.equal(sat, clamped_bits)
+    sign = torch.signbit(x[overflow]).long() << 7
+    if fmt == "e4m3":  # torch saturates E4M3 (no inf): equal to saturate=True; non-saturating gives NaN
+        assert torch.equal(sat, torch_bits)
+        assert torch.equal(nosat[overflow], 0x7F | sign)
+    else:  # torch overflows E5M2 to inf: equal to saturate=False; saturating gives +-57344
+        assert torch.equal(nosat, torch_bits)
+        assert torch.equal(sat[overflow], 0x7B | sign)
+    # and the values: fp_quantize is fp_decode of the codes (NaN where the code is NaN)
+    for mode, code in ((True, sat), (False, nosat)):
+        q, d = fp_quantize(x, fmt, saturate=mode), fp_decode(code, fmt)
+        assert torch.equal(torch.isnan(q), torch.isnan(d)) and torch.equal(
+            q[~torch.isnan(q)], d[~torch.isnan(d)]
+        )
+
+
+# ---------------------------------------------------------------- MX against a float64 transcription of the spec
+# microxcaling (github.com/microsoft/microxcaling) is not on PyPI, so the oracle is the OCP MX v1.0 spec
+# written out here in float64 with no code shared with the implementation: element value sets from
+# their exponent/mantissa definitions (section 5.3), shared exponent floor(log2 amax) - emax_elem clamped
+# to the E8M0 range (6.3), elements rounded to nearest, ties to the even code, saturating.
+SPEC_ELEMENTS = {  # name: (exponent bits, mantissa bits, bias, largest magnitude)
+    "mxfp8": (4, 3, 7, 448.0),
+    "mxfp8_e5m2": (5, 2, 15, 57344.0),
+    "mxfp6": (2, 3, 1, 7.5),
+    "mxfp6_e3m2": (3, 2, 3, 28.0),
+    "mxfp4": (2, 1, 1, 6.0),
+}
+
+
+def _spec_magnitudes(ebits, mbits, bias, top):
+    out = []
+    for code in range(2 ** (ebits + mbits)):
+        e, m = code >> mbits, code & (2**mbits - 1)
+        v = 2.0 ** (1 - bias) * m / 2**mbits if e == 0 else 2.0 ** (e - bias) * (1 + m / 2**mbits)
+        if v <= top:
+            out.append(v)
+    return out  # ascending, index = code
+
+
+def _spec_round(a, mags):
+    if a >= mags[-1]:
+        return mags[-1]
+    i = max(k for k, v in enumerate(mags) if v <= a)
+    lo, hi = a - mags[i], mags[i + 1] - a
+    return mags[i] if lo < hi or (lo == hi and i % 2 == 0) else mags[i + 1]
+
+
+def _spec_mx(block, fmt):
+    amax = max(abs(v) for v in block)
+    if amax == 0:
+        return [0.0] * len(block), -127
+    if fmt == "mxint8":
+        emax = 0
+    else:
+        ebits, mbits, bias, top = SPEC_ELEMENTS[fmt]
+        emax = math.floor(math.log2(top))
+    e = min(max(math.frexp(amax)[1] - 1 - emax, -127), 127)  # floor(log2 amax), exactly
+    out = []
+    for v in block:
+        p = v / 2.0**e
+        if fmt == "mxint8":
+            q = min(max(round(p * 64), -127), 127) / 64  # Python's round: half to even
+        else:
+            q = math.copysign(_spec_round(abs(p), _spec_magnitudes(ebits, mbits, bias, top)), p)
+        out.append(q * 2.0**e)
+    return out, e
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp6", "mxfp6_e3m2", "mxfp8", "mxfp8_e5m2", "mxint8"])
+def test_mx_matches_float64_spec_transcription(fmt):
+    g = torch.Generator().manual_seed(5)
+    rand = torch.randn(6, 64, generator=g) * torch.exp2(torch.randint(-12, 12, (6, 64), generator=g).float())
+    # tie-heavy blocks: the largest magnitude of the element format (fixing the scale) followed by
+    # midpoints between neighbouring element values, and a value past the largest in the same binade
+    # (saturation; for MXINT8 127.5/64, also a tie)
+    ties = []
+    for k in range(2):
+        if fmt == "mxint8":
+            mags = [i / 64 for i in range(128)]
+        else:
+            mags = _spec_magnitudes(*SPEC_ELEMENTS[fmt])
+        mids = [(a + b) / 2 for a, b in zip(mags, mags[1:], strict=False)]
+        row = (
+            [mags[-1]]
+            + [(-1) ** i * mids[(i * 7 + k) % len(mids)] for i in range(62)]
+            + [(mags[-1] + 2.0 ** (math.floor(math.log2(mags[-1])) + 1)) / 2]
+        )
+        ties.append([v * 2.0 ** (3 * k - 2) for v in row])
+    x = torch.cat([rand, torch.tensor(ties), torch.zeros(1, 64), torch.full((1, 64), 2.0**-130)])
+    got = mx_quantize(x, fmt)
+    _, shared = mx_encode(x, fmt)
+    for r in range(x.shape[0]):
+        for b in range(2):
+            want, e = _spec_mx([float(v) for v in x[r, 32 * b : 32 * b + 32].tolist()], fmt)
+            assert got[r, 32 * b : 32 * b + 32].double().tolist() == want, (r, b)
+            assert int(shared[r, b, 0].item()) == e
