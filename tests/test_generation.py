@@ -21,7 +21,8 @@ def test_keep_all_reproduces_full_cache_generate_and_its_bytes():
     out = G.generate(model, ids, G.KeepAll(), max_new_tokens=20)
     assert torch.equal(out.tokens, ref)
     cfg = model.config  # 2 layers, 2 KV heads, head_dim 16, float32
-    analytic = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    analytic = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4
     assert out.bytes_per_step[0] == analytic * 2 * 12  # after the prefill: batch 2 x 12 tokens
     assert out.bytes_final == analytic * 2 * (12 + 20 - 1)  # the last token is never fed back
     assert out.bytes_final == G.full_cache_bytes(cfg, tokens=12 + 19, batch=2)
@@ -31,7 +32,8 @@ def test_keep_all_reproduces_full_cache_generate_and_its_bytes():
 def test_budget_policy_keeps_bytes_bounded_over_four_times_the_budget():
     model = tiny_model("llama")
     budget = 8
-    out = G.generate(model, _ids(seq=6), StreamingPolicy(n_sink=2, n_recent=budget - 2), max_new_tokens=4 * budget)
+    policy = StreamingPolicy(n_sink=2, n_recent=budget - 2)
+    out = G.generate(model, _ids(seq=6), policy, max_new_tokens=4 * budget)
     assert out.bytes_peak == G.full_cache_bytes(model.config, tokens=budget, batch=2)
     assert out.bytes_per_step[-1] == out.bytes_peak  # full and stays full
     assert out.tokens.shape == (2, 4 * budget)

@@ -72,7 +72,8 @@ def test_schedule_warms_up_then_decays_by_cosine():
 def test_bad_settings_are_rejected():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="max-steps"):
-        T.train(model.parameters(), lambda b: model(b).sum(), lambda s: torch.ones(1, 2), T.TrainConfig(max_steps=0))
+        T.train(model.parameters(), lambda b: model(b).sum(), lambda s: torch.ones(1, 2),
+                T.TrainConfig(max_steps=0))
     with pytest.raises(ValueError, match="time-budget"):
         T.train(model.parameters(), lambda b: model(b).sum(), lambda s: torch.ones(1, 2),
                 T.TrainConfig(time_budget=-1))
@@ -138,4 +139,5 @@ def test_lora_through_peft_trains_only_adapters_and_merges():
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-4)
     assert torch.equal(merged.model.embed_tokens.weight, before["model.embed_tokens.weight"])
-    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"])
+    q_name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before[q_name])

@@ -271,7 +271,8 @@ class Generation:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, input_ids: torch.Tensor, policy: KVPolicy, *, max_new_tokens: int) -> Generation:
+def generate(model: nn.Module, input_ids: torch.Tensor, policy: KVPolicy, *,
+             max_new_tokens: int) -> Generation:
     """Greedy `model.generate` with the policy's cache; records its bytes after every forward."""
     cache = PolicyCache(model, policy)
     recorder = _RecordBytes(cache)
@@ -307,7 +308,8 @@ def teacher_forced_logprobs(model: nn.Module, ids: torch.Tensor, policy: KVPolic
     return torch.log_softmax(torch.stack(steps, 1).float(), -1)
 
 
-def kl_and_perplexity(ref_logp: torch.Tensor, logp: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+def kl_and_perplexity(ref_logp: torch.Tensor, logp: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[float, float]:
     """Mean KL(p_ref ‖ p) over positions, and the perplexity of `targets` under p."""
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
     nll = -logp.gather(-1, targets.unsqueeze(-1)).mean()
@@ -360,6 +362,7 @@ def measure_on_heldout(ctx, policy: KVPolicy, *, windows: int = 4, prefill: int 
         raise ValueError(f"--prefill must be in 1..{text.shape[1] - 1}, got {prefill}")
     room = ctx.loaded.max_length - prefill
     if not 1 <= new_tokens <= room:
-        raise ValueError(f"--new-tokens must be in 1..{room} (the model's context is {ctx.loaded.max_length})")
+        raise ValueError(f"--new-tokens must be in 1..{room} "
+                         f"(the model's context is {ctx.loaded.max_length})")
     return measure_cache(ctx.model, policy, prompts=text[:, :prefill], heldout=text, prefill=prefill,
                          max_new_tokens=new_tokens)

@@ -103,7 +103,8 @@ def _bar(step: int, total: int, loss: float, started: float) -> None:
 
 
 def train(params: Iterable[nn.Parameter], loss_fn: Callable[[Any], torch.Tensor],
-          batch_at: Callable[[int], Any], cfg: TrainConfig, *, device: torch.device | str = "cpu") -> TrainResult:
+          batch_at: Callable[[int], Any], cfg: TrainConfig, *,
+          device: torch.device | str = "cpu") -> TrainResult:
     """Minimise `loss_fn(batch_at(step))` over `params` with AdamW; stop at max_steps or time_budget.
 
     Bit-reproducible for a fixed seed on the same machine: the seed is set here, before the first

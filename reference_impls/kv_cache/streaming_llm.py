@@ -52,7 +52,8 @@ class StreamingPolicy(KVPolicy):
     options={
         "budget": Option(64, "cache positions kept per head, sinks included"),
         "n_sink": Option(4, "attention-sink positions always kept (the paper's default: 4)"),
-        "position_shift": Option(True, "positions inside the cache, as the official code (false: text positions)"),
+        "position_shift": Option(True, "positions inside the cache, as the official code "
+                                          "(false: text positions)"),
         "windows": Option(4, "held-out windows measured (batch)"),
         "prefill": Option(64, "prompt tokens before generation / teacher forcing"),
         "new_tokens": Option(128, "tokens generated per prompt"),
