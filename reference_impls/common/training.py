@@ -20,29 +20,17 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from reference_impls.common.adapters import adapter_for
-
-
-@cache
-def native_bf16() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX); autocast is slower without."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+from reference_impls.common.hardware import native_bf16
 
 
 @dataclass
