@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from reference_impls.quantization.llm_int8 import (
-    Int8Linear,
     exact_accumulator,
+    int8_linear,
     int8_vectorwise_matmul,
     llm_int8_matmul,
 )
@@ -71,11 +71,11 @@ def test_outlier_decomposition_beats_naive_int8_by_a_wide_margin():
 def test_int8_linear_module_and_outlier_fraction():
     x, cols = outlier_activations(3, d=128, k=4)
     lin = nn.Linear(128, 32)
-    mod = Int8Linear(lin, threshold=6.0)
+    mod = int8_linear(lin.weight, lin.bias, threshold=6.0)
     y = mod(x.reshape(2, 32, 128))
     y_ref, outliers = llm_int8_matmul(x, lin.weight.detach(), threshold=6.0)
     assert torch.allclose(y.reshape(64, 32), y_ref + lin.bias.detach(), atol=1e-6)
-    assert mod.outlier_fraction == outliers.sum().item() / 128
+    assert mod.matmul.outlier_fraction == outliers.sum().item() / 128
     with torch.no_grad():
         assert (y - lin(x.reshape(2, 32, 128))).norm() / lin(x).norm() < 0.01
 

@@ -6,12 +6,12 @@ import torch
 from reference_impls.common.layerwise import walk_blocks
 from reference_impls.common.models import tiny_model
 from reference_impls.quantization.smoothquant import (
-    W8A8Linear,
     quantize_activation,
     quantize_block_w8a8,
     quantize_weight_per_channel,
     smooth_block,
     smoothing_factors,
+    w8a8_linear,
 )
 
 
@@ -57,9 +57,9 @@ def test_smoothing_rescues_per_tensor_w8a8_with_outliers():
     x, _ = outlier_input(0)
     w = torch.randn(128, 256, generator=torch.Generator().manual_seed(1)) * 0.05
     ref = x @ w.T
-    naive = W8A8Linear(w, None, act_granularity="tensor")(x)
+    naive = w8a8_linear(w, None, act_granularity="tensor")(x)
     s = smoothing_factors(x.abs().amax(0), [w], alpha=0.5)
-    smoothed = W8A8Linear(w * s, None, act_granularity="tensor")(x / s)
+    smoothed = w8a8_linear(w * s, None, act_granularity="tensor")(x / s)
     err_naive = (naive - ref).norm() / ref.norm()
     err_smooth = (smoothed - ref).norm() / ref.norm()
     assert err_naive > 0.04

@@ -7,11 +7,11 @@ from reference_impls.common.adapters import adapter_for
 from reference_impls.common.layerwise import walk_blocks
 from reference_impls.common.models import tiny_model
 from reference_impls.quantization.zeroquant import (
-    ZeroQuantLinear,
     groupwise_quantize,
     lkd_block,
     scheme_bits,
     tokenwise_quantize,
+    zeroquant_linear,
 )
 
 
@@ -53,7 +53,7 @@ def test_schemes():
     assert scheme_bits("w4/8a16", "self_attn.q_proj") == (8, None)
     assert scheme_bits("w4/8a16", "mlp.up_proj") == (4, None)
     lin = torch.nn.Linear(64, 16)
-    m = ZeroQuantLinear(lin.weight, lin.bias, w_bits=8, group_size=32, a_bits=8)
+    m = zeroquant_linear(lin.weight, lin.bias, w_bits=8, group_size=32, a_bits=8)
     x = torch.randn(3, 64)
     assert torch.allclose(m(x), lin(x), atol=0.05)
     m.freeze()
@@ -71,7 +71,7 @@ def test_lkd_reduces_block_error_at_4_bits():
     def process(b):
         teacher = b.run()
         for name, lin in list(b.linears.items()):
-            new = ZeroQuantLinear(
+            new = zeroquant_linear(
                 b.weight(name), getattr(lin, "bias", None), w_bits=4, group_size=64, a_bits=None
             )
             b.block.set_submodule(name, new)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from reference_impls.common.fake_quant import fake_quantize_linears
 from reference_impls.common.registry import Option, register
 
 
@@ -196,37 +197,6 @@ def fp8_bits_per_element(fmt: str = "e4m3", *, granularity: str = "channel", in_
 
 
 # ---------------------------------------------------------------- model level
-class SimulatedLinear(torch.nn.Module):
-    """A Linear computing with a fake-quantized weight and, optionally, fake-quantized inputs."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act_quant=None):
-        super().__init__()
-        self.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.act_quant = act_quant  # callable x -> fake-quantized x, or None
-        self.out_features, self.in_features = weight.shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
-
-
-def replace_linears(ctx, make_weight, act_quant, bits_of) -> int:
-    """Swap every block linear for a SimulatedLinear; record `bits_of(out, in)` in the ledger."""
-    from reference_impls.common.adapters import get_weight
-
-    n = 0
-    for i, block in enumerate(ctx.adapter.blocks(ctx.model)):
-        for name, lin in ctx.adapter.linears(block).items():
-            w = get_weight(lin).detach().float()
-            new = SimulatedLinear(make_weight(w).to(lin.weight.dtype), getattr(lin, "bias", None), act_quant)
-            block.set_submodule(name, new)
-            ctx.ledger.add(f"{ctx.adapter.blocks_path}.{i}.{name}", w.numel(), bits_of(*w.shape))
-            n += 1
-    return n
-
-
 @register(
     "fp8",
     bench=[{"fmt": "e4m3"}, {"fmt": "e5m2"}],
@@ -251,10 +221,10 @@ def run_fp8(ctx, *, fmt, act_granularity) -> dict:
             return fp8_quantize(x, fmt=fmt, granularity=act_granularity)
 
     # FP8 payload + one float32 scale per output row
-    n = replace_linears(
+    n = fake_quantize_linears(
         ctx,
-        lambda w: fp8_quantize(w, fmt=fmt, granularity="channel"),
-        act,
-        lambda out_f, in_f: 8 * out_f * in_f + 32 * out_f,
+        weight_quant=lambda w: fp8_quantize(w, fmt=fmt, granularity="channel"),
+        act_quant=act,
+        bits_of=lambda out_f, in_f: 8 * out_f * in_f + 32 * out_f,
     )
     return {"quantized_linears": n}

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
+from reference_impls.common.fake_quant import fake_quantize_linears
 from reference_impls.common.registry import Option, register
-from reference_impls.formats.fp8 import FloatFormat, fp_quantize, get_format, replace_linears
+from reference_impls.formats.fp8 import FloatFormat, fp_quantize, get_format
 
 SCALE_BITS = 8  # E8M0
 SCALE_EMAX = 127  # exponents outside [-127, 127] are not representable in E8M0
@@ -149,11 +150,11 @@ def run_mx(ctx, *, fmt, activations) -> dict:
     def act(x):
         return mx_quantize(x, f)
 
-    n = replace_linears(
+    n = fake_quantize_linears(
         ctx,
-        lambda w: mx_quantize(w, f),
-        act if activations else None,
-        lambda out_f, in_f: (
+        weight_quant=lambda w: mx_quantize(w, f),
+        act_quant=act if activations else None,
+        bits_of=lambda out_f, in_f: (
             out_f * in_f * f.element_bits + out_f * math.ceil(in_f / f.block_size) * SCALE_BITS
         ),
     )

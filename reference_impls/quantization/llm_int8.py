@@ -28,9 +28,8 @@ Fidelity: exact.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from reference_impls.common.adapters import get_weight
+from reference_impls.common.fake_quant import FakeQuantLinear, swap_model_linears
 from reference_impls.common.folding import inject_activation_outliers
 from reference_impls.common.registry import Option, register
 
@@ -88,36 +87,30 @@ def llm_int8_matmul(
     return y, outliers
 
 
-class Int8Linear(nn.Module):
-    """Drop-in Linear computing with LLM.int8(); records outlier statistics of every call."""
+class Int8Matmul:
+    """`llm_int8_matmul` as a FakeQuantLinear matmul, counting the outlier dims of every call."""
 
-    def __init__(self, linear: nn.Linear, *, threshold: float = 6.0, fp16_weights: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-        self.bias = (
-            None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        )
-        self.threshold, self.fp16_weights = threshold, fp16_weights
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+    def __init__(self, in_features: int, *, threshold: float = 6.0, fp16_weights: bool = False):
+        self.in_features, self.threshold, self.fp16_weights = in_features, threshold, fp16_weights
         self.calls, self.outlier_dims_total = 0, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        y, outliers = llm_int8_matmul(
-            x.reshape(-1, shape[-1]).float(),
-            self.weight.float(),
-            threshold=self.threshold,
-            fp16_weights=self.fp16_weights,
-        )
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        y, outliers = llm_int8_matmul(x, weight, threshold=self.threshold, fp16_weights=self.fp16_weights)
         self.calls += 1
         self.outlier_dims_total += int(outliers.sum())
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y
 
     @property
     def outlier_fraction(self) -> float:
         return self.outlier_dims_total / max(1, self.calls * self.in_features)
+
+
+def int8_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, *, threshold: float = 6.0, fp16_weights: bool = False
+) -> FakeQuantLinear:
+    """Drop-in Linear computing with LLM.int8(); its `matmul` records the outlier statistics."""
+    matmul = Int8Matmul(weight.shape[1], threshold=threshold, fp16_weights=fp16_weights)
+    return FakeQuantLinear(weight, bias, matmul=matmul)
 
 
 # ---------------------------------------------------------------- model level
@@ -141,28 +134,18 @@ def run_llm_int8(ctx, *, threshold, fp16_weights, inject_outliers, stat_batches)
         injected = inject_activation_outliers(
             ctx.model, ctx.adapter, ctx.calibration[0], factor=inject_outliers, seed=ctx.seed
         )
-    modules: list[Int8Linear] = []
-    for i, block in enumerate(ctx.adapter.blocks(ctx.model)):
-        for name, lin in ctx.adapter.linears(block).items():
-            w = get_weight(lin)
-            mod = Int8Linear(
-                nn.Linear(w.shape[1], w.shape[0], bias=False), threshold=threshold, fp16_weights=fp16_weights
-            )
-            mod.weight.data.copy_(w)
-            mod.bias = (
-                None
-                if getattr(lin, "bias", None) is None
-                else nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-            )
-            block.set_submodule(name, mod)
-            modules.append(mod)
-            n = w.numel()
-            # int8 payload + a 16-bit scale per row; plus the 16-bit copy when the paper's form is asked for
-            ctx.ledger.add(
-                f"{ctx.adapter.blocks_path}.{i}.{name}",
-                n,
-                8 * n + 16 * w.shape[0] + (16 * n if fp16_weights else 0),
-            )
+    new = swap_model_linears(
+        ctx.model,
+        ctx.adapter,
+        lambda _name, w, old: int8_linear(
+            w.to(old.weight.dtype), getattr(old, "bias", None), threshold=threshold, fp16_weights=fp16_weights
+        ),
+    )
+    for name, mod in new.items():
+        n = mod.weight.numel()
+        # int8 payload + a 16-bit scale per row; plus the 16-bit copy when the paper's form is asked for
+        ctx.ledger.add(name, n, 8 * n + 16 * mod.out_features + (16 * n if fp16_weights else 0))
+    modules = [m.matmul for m in new.values()]
     with torch.no_grad():  # the outlier statistics of the activations the model actually sees
         for batch in ctx.calibration[:stat_batches]:
             feed = {k: v.to(ctx.device) for k, v in batch.items()}

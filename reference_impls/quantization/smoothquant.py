@@ -27,8 +27,8 @@ layers (not the attention matmuls) compute in int8.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from reference_impls.common.fake_quant import FakeQuantLinear, swap_linears
 from reference_impls.common.folding import (
     fold_is_equivalent,
     fold_scales,
@@ -80,37 +80,23 @@ def quantize_activation(
     return torch.round(x / scale).clamp(-qmax, qmax) * scale
 
 
-class W8A8Linear(nn.Module):
+def w8a8_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    act_granularity: str = "token",
+    bits: int = 8,
+    static_absmax: torch.Tensor | None = None,
+    quantize_weight: bool = True,
+) -> FakeQuantLinear:
     """A Linear whose weight is int8 per-channel and whose input is int8-quantized at each call."""
+    w = quantize_weight_per_channel(weight.detach().float(), bits=bits) if quantize_weight else weight.detach()
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        *,
-        act_granularity: str = "token",
-        bits: int = 8,
-        static_absmax: torch.Tensor | None = None,
-        quantize_weight: bool = True,
-    ):
-        super().__init__()
-        w = (
-            quantize_weight_per_channel(weight.detach().float(), bits=bits)
-            if quantize_weight
-            else weight.detach()
-        )
-        # parameters (frozen), not buffers, so parameter counts and saved checkpoints see them
-        self.weight = nn.Parameter(w.to(weight.dtype), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.register_buffer("static_absmax", static_absmax)
-        self.act_granularity, self.bits = act_granularity, bits
-        self.out_features, self.in_features = weight.shape
+    def act_quant(x: torch.Tensor) -> torch.Tensor:
+        q = quantize_activation(x.float(), granularity=act_granularity, bits=bits, static_absmax=static_absmax)
+        return q.to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq = quantize_activation(
-            x.float(), granularity=self.act_granularity, bits=self.bits, static_absmax=self.static_absmax
-        ).to(x.dtype)
-        return nn.functional.linear(xq, self.weight, self.bias)
+    return FakeQuantLinear(w.to(weight.dtype), bias, act_quant=act_quant)
 
 
 # ---------------------------------------------------------------- block level (shared layer walk)
@@ -134,27 +120,20 @@ def smooth_block(bctx, *, alpha: float = 0.5) -> int:
 
 def quantize_block_w8a8(
     bctx, *, act_granularity: str = "token", bits: int = 8, quantize_weight: bool = True
-) -> dict[str, W8A8Linear]:
-    """Replace every linear of the block by a W8A8Linear; static scales come from the block's inputs now."""
+) -> dict[str, FakeQuantLinear]:
+    """Replace every linear of the block by a W8A8 FakeQuantLinear; static scales come from the block's inputs now."""
     static: dict[str, torch.Tensor] = {}
     if act_granularity == "static":
         captured = bctx.linear_inputs(bctx.linears)
         static = {n: torch.stack([x.abs().amax() for x in xs]).amax() for n, xs in captured.items()}
-    replaced = {}
-    for name, lin in list(bctx.linears.items()):
-        weight = bctx.weight(name)
-        new = W8A8Linear(
-            weight,
-            getattr(lin, "bias", None),
-            act_granularity=act_granularity,
-            bits=bits,
-            static_absmax=static.get(name),
-            quantize_weight=quantize_weight,
-        )
-        bctx.block.set_submodule(name, new)
-        bctx.linears[name] = new
-        replaced[name] = new
-    return replaced
+    return swap_linears(
+        bctx.block,
+        bctx.linears,
+        lambda name, w, old: w8a8_linear(
+            w, getattr(old, "bias", None), act_granularity=act_granularity, bits=bits,
+            static_absmax=static.get(name), quantize_weight=quantize_weight,
+        ),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- model level

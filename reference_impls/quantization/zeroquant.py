@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reference_impls.common.fake_quant import FakeQuantLinear, swap_linears
 from reference_impls.common.registry import Option, register
 
 
@@ -73,36 +74,17 @@ class _RoundSTE(torch.autograd.Function):
         return grad, None, None
 
 
-class ZeroQuantLinear(nn.Module):
-    """Linear with group-wise quantized weights and (optionally) token-wise quantized inputs."""
-
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        *,
-        w_bits: int,
-        group_size: int,
-        a_bits: int | None,
-    ):
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)  # latent weight
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.w_bits, self.group_size, self.a_bits = w_bits, group_size, a_bits
-        self.out_features, self.in_features = weight.shape
-
-    def quantized_weight(self) -> torch.Tensor:
-        return _RoundSTE.apply(self.weight, self.w_bits, self.group_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.a_bits is not None:
-            x = tokenwise_quantize(x, bits=self.a_bits)
-        return nn.functional.linear(x, self.quantized_weight().to(x.dtype), self.bias)
-
-    def freeze(self) -> None:
-        """Store the quantized weight itself (what a deployment keeps)."""
-        with torch.no_grad():
-            self.weight.copy_(groupwise_quantize(self.weight, bits=self.w_bits, group_size=self.group_size))
+def zeroquant_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, *, w_bits: int, group_size: int, a_bits: int | None
+) -> FakeQuantLinear:
+    """Linear with group-wise quantized weights (a float32 latent weight quantized at each call
+    through the straight-through estimator, for LKD) and (optionally) token-wise quantized inputs."""
+    return FakeQuantLinear(
+        weight.detach().float(),
+        bias,
+        weight_quant=lambda w: _RoundSTE.apply(w, w_bits, group_size),
+        act_quant=None if a_bits is None else (lambda x: tokenwise_quantize(x, bits=a_bits)),
+    )
 
 
 def scheme_bits(scheme: str, linear_name: str) -> tuple[int, int | None]:
@@ -175,19 +157,13 @@ def lkd_block(
 def run_zeroquant(ctx, *, scheme, group_size, lkd_steps, lkd_lr) -> dict:
     gains: list[tuple[float, float]] = []
 
+    def make(name, w, old):
+        w_bits, a_bits = scheme_bits(scheme, name)
+        return zeroquant_linear(w, getattr(old, "bias", None), w_bits=w_bits, group_size=group_size, a_bits=a_bits)
+
     def process(bctx):
         teacher = bctx.run() if lkd_steps else None  # the full-precision block on the same inputs
-        for name, lin in list(bctx.linears.items()):
-            w_bits, a_bits = scheme_bits(scheme, name)
-            new = ZeroQuantLinear(
-                bctx.weight(name),
-                getattr(lin, "bias", None),
-                w_bits=w_bits,
-                group_size=group_size,
-                a_bits=a_bits,
-            )
-            bctx.block.set_submodule(name, new)
-            bctx.linears[name] = new
+        swap_linears(bctx.block, bctx.linears, make)
         if lkd_steps:
             gains.append(lkd_block(bctx, teacher, steps=lkd_steps, lr=lkd_lr, seed=ctx.seed + bctx.index))
         for name, lin in bctx.linears.items():
@@ -196,7 +172,7 @@ def run_zeroquant(ctx, *, scheme, group_size, lkd_steps, lkd_lr) -> dict:
                 f"{bctx.name}.{name}",
                 lin.out_features,
                 lin.in_features,
-                bits=lin.w_bits,
+                bits=scheme_bits(scheme, name)[0],
                 group_size=group_size,
                 sym=True,
             )
