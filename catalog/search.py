@@ -60,9 +60,11 @@ class Filters:
             if theme not in vocab.themes:
                 raise QueryError(f"unknown theme '{theme}'{suggest(theme, vocab.themes)}")
         if self.taxonomy is not None:
-            prefixes = {"/".join(leaf.split("/")[:i]) for leaf in vocab.taxonomy for i in range(1, leaf.count("/") + 2)}
+            prefixes = {"/".join(leaf.split("/")[:i])
+                        for leaf in vocab.taxonomy for i in range(1, leaf.count("/") + 2)}
             if self.taxonomy.strip("/") not in prefixes:
-                raise QueryError(f"unknown taxonomy path '{self.taxonomy}'{suggest(self.taxonomy, sorted(prefixes))}")
+                hint = suggest(self.taxonomy, sorted(prefixes))
+                raise QueryError(f"unknown taxonomy path '{self.taxonomy}'{hint}")
         if self.year_from is not None and self.year_to is not None and self.year_from > self.year_to:
             raise QueryError(f"--year-from {self.year_from} is after --year-to {self.year_to}")
 
@@ -119,7 +121,8 @@ class _Columns:
         venue_pos = {venue: i for i, venue in enumerate(venues)}
         return cls(year=np.array([r.year for r in records], dtype=int),
                    code=np.array([r.code is not None for r in records], dtype=bool),
-                   impl=np.array([r.impl is not None for r in records], dtype=bool), themes=themes, leaves=leaves,
+                   impl=np.array([r.impl is not None for r in records], dtype=bool),
+                   themes=themes, leaves=leaves,
                    leaf_of=np.array([leaf_pos[r.taxonomy] for r in records], dtype=int), venues=venues,
                    venue_of=np.array([venue_pos[(r.venue or "").casefold()] for r in records], dtype=int))
 
@@ -150,9 +153,10 @@ class _Columns:
 
 _HYPHENATED = re.compile(r"\w+(?:[-:/]\w+)+")
 _TOKEN = re.compile(r"\w+")
-_STOPWORDS = frozenset("""a an and are as at be been but by can do does for from has have how i if in into is it
-its not of on or our such than that the their them then there these they this those to using via was we were what
-when where which while who why will with without paper papers method methods approach""".split()) - {"without"}
+_STOPWORDS = frozenset("""a an and are as at be been but by can do does for from has have how i if in into
+is it its not of on or our such than that the their them then there these they this those to using via was
+we were what when where which while who why will with without paper papers method methods
+approach""".split()) - {"without"}
 
 
 def _stem(word: str) -> str:
@@ -242,8 +246,8 @@ class Searcher:
             import bm25s
 
             self._bm25 = bm25s.BM25()
-            self._bm25.index([keyword_tokens(keyword_text(r, self.config.title_repeat)) or [""] for r in self.records],
-                             show_progress=False)
+            corpus = [keyword_tokens(keyword_text(r, self.config.title_repeat)) or [""] for r in self.records]
+            self._bm25.index(corpus, show_progress=False)
         return self._bm25
 
     def _encode(self, text: str) -> np.ndarray:
@@ -268,7 +272,8 @@ class Searcher:
     def _depth(self, top_k: int) -> int:
         return len(self.records) if len(self.records) <= EXACT_LIMIT else max(200, 10 * top_k)
 
-    def dense_ranking(self, vector: np.ndarray, allowed: np.ndarray | None, depth: int) -> list[tuple[int, float]]:
+    def dense_ranking(self, vector: np.ndarray, allowed: np.ndarray | None,
+                      depth: int) -> list[tuple[int, float]]:
         import faiss
 
         index = self._faiss_index()
@@ -283,7 +288,8 @@ class Searcher:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(rows), faiss.swig_ptr(bitmap)))
         k = min(depth, n_allowed) * per_record
         threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # one query: more threads only contend (100k flat: 36 ms with 2, 10 ms with 1)
+        # one query: more threads only contend (100k flat: 36 ms with 2, 10 ms with 1)
+        faiss.omp_set_num_threads(1)
         try:
             scores, rows_found = index.search(vector[None, :].astype(np.float32), k, params=params)
         finally:
@@ -294,7 +300,8 @@ class Searcher:
                 ranking.setdefault(int(row) // per_record, float(score))  # sorted: the first is the max
         return list(ranking.items())[:depth]
 
-    def bm25_ranking(self, tokens: list[str], allowed: np.ndarray | None, depth: int) -> list[tuple[int, float]]:
+    def bm25_ranking(self, tokens: list[str], allowed: np.ndarray | None,
+                     depth: int) -> list[tuple[int, float]]:
         bm25 = self._bm25_index()
         ids = bm25.get_tokens_ids(tokens)
         if not ids:
@@ -327,7 +334,8 @@ class Searcher:
         return sorted(fused.items(), key=lambda item: -item[1])
 
     # -- public API --
-    def search(self, query: str, top_k: int = 10, mode: str = DEFAULT_MODE, filters: Filters | None = None) -> list[Hit]:
+    def search(self, query: str, top_k: int = 10, mode: str = DEFAULT_MODE,
+               filters: Filters | None = None) -> list[Hit]:
         """The top_k records for a free-text query, best first."""
         query = clean_query(query)
         check_top(top_k)
@@ -358,7 +366,8 @@ class Searcher:
         # Meaning (the pooled vector) fused with shared vocabulary (title, tags, taxonomy): measured
         # against the curated `related` links, recall@10 0.66 dense-only, 0.77 fused.
         dense = self.dense_ranking(self.record_vectors()[me], allowed, depth)
-        keyword = self.bm25_ranking(keyword_tokens(" ".join([r.title, " ".join(r.tags), r.taxonomy])), allowed, depth)
+        shared_words = keyword_tokens(" ".join([r.title, " ".join(r.tags), r.taxonomy]))
+        keyword = self.bm25_ranking(shared_words, allowed, depth)
         ranking = self.fuse(dense, keyword)
         return [Hit(self.records[i], score) for i, score in ranking[:top_k]]
 
@@ -371,8 +380,8 @@ class Searcher:
         n = self.encoder.token_count(query)
         if n <= MAX_TOKENS:
             return []
-        return [f"the query has {n} word pieces; the semantic part reads the first {MAX_TOKENS} (the model's limit), "
-                "the keyword part reads all of it"]
+        return [f"the query has {n} word pieces; the semantic part reads the first {MAX_TOKENS} "
+                "(the model's limit), the keyword part reads all of it"]
 
 
 def clean_query(query: str) -> str:
@@ -380,7 +389,8 @@ def clean_query(query: str) -> str:
     query = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in query)
     query = " ".join(query.split())
     if not query:
-        raise QueryError("the query is empty; search by idea (\"prune without retraining\") or keyword (\"kv cache 2-bit\")")
+        raise QueryError('the query is empty; search by idea ("prune without retraining") '
+                         'or keyword ("kv cache 2-bit")')
     return query
 
 

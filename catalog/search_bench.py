@@ -11,6 +11,7 @@ the index build on this machine, and a cold `atlas search` in a fresh process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -54,7 +55,8 @@ def mrr_at(ranked: list[str], relevant: dict[str, int], k: int = K) -> float:
 
 
 def ndcg_at(ranked: list[str], relevant: dict[str, int], k: int = K) -> float:
-    dcg = sum((2 ** relevant.get(rid, 0) - 1) / math.log2(rank + 1) for rank, rid in enumerate(ranked[:k], start=1))
+    dcg = sum((2 ** relevant.get(rid, 0) - 1) / math.log2(rank + 1)
+              for rank, rid in enumerate(ranked[:k], start=1))
     ideal = sorted(relevant.values(), reverse=True)[:k]
     idcg = sum((2 ** g - 1) / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
     return dcg / idcg
@@ -64,7 +66,8 @@ def score(searcher: Searcher, queries: list[dict], mode: str) -> dict:
     per_query = []
     for q in queries:
         ranked = [h.record.id for h in searcher.search(q["query"], K, mode)]
-        per_query.append((recall_at(ranked, q["relevant"]), mrr_at(ranked, q["relevant"]), ndcg_at(ranked, q["relevant"])))
+        relevant = q["relevant"]
+        per_query.append((recall_at(ranked, relevant), mrr_at(ranked, relevant), ndcg_at(ranked, relevant)))
     r, m, n = (float(np.mean(col)) for col in zip(*per_query, strict=True)) if per_query else (0.0, 0.0, 0.0)
     return {"recall@10": round(r, 4), "mrr@10": round(m, 4), "ndcg@10": round(n, 4), "queries": len(queries)}
 
@@ -77,7 +80,8 @@ def similar_score(searcher: Searcher) -> dict:
         related = {rid: 1 for rid in r.related if rid in known}
         if related:
             recalls.append(recall_at([h.record.id for h in searcher.similar(r.id, K)], related))
-    return {"recall@10_of_related": round(float(np.mean(recalls)), 4) if recalls else None, "records": len(recalls)}
+    recall = round(float(np.mean(recalls)), 4) if recalls else None
+    return {"recall@10_of_related": recall, "records": len(recalls)}
 
 
 class DenseOnlySimilar:
@@ -133,15 +137,17 @@ def quality(records: list[Record], dense: DenseIndex, concat: DenseIndex, querie
     for mode in MODES:
         report["modes"][mode] = {"tune": score(chosen, tune, mode), "held": score(chosen, held, mode)}
         for kind in ("paraphrase", "keyword", "broad"):
-            report["modes"][mode][f"tune:{kind}"] = score(chosen, [q for q in tune if q["type"] == kind], mode)
+            of_kind = [q for q in tune if q["type"] == kind]
+            report["modes"][mode][f"tune:{kind}"] = score(chosen, of_kind, mode)
     base = SearchConfig()
+    variant = functools.partial(dataclasses.replace, base)
     variants = {
         "one text, truncated at 256 tokens": (base, concat),
-        "fields, mean pooling (equal weights)": (dataclasses.replace(base, field_weights=(1.0,) * len(FIELDS)), dense),
+        "fields, mean pooling (equal weights)": (variant(field_weights=(1.0,) * len(FIELDS)), dense),
         "fields, mean pooling (head x2) [default]": (base, dense),
-        "fields, mean pooling (head x4)": (dataclasses.replace(base, field_weights=(4.0, 1.0, 1.0, 1.0, 1.0)), dense),
-        "fields, max over fields": (dataclasses.replace(base, pooling="max"), dense),
-        "head field only (title, themes, tags)": (dataclasses.replace(base, field_weights=(1.0, 0, 0, 0, 0)), dense),
+        "fields, mean pooling (head x4)": (variant(field_weights=(4.0, 1.0, 1.0, 1.0, 1.0)), dense),
+        "fields, max over fields": (variant(pooling="max"), dense),
+        "head field only (title, themes, tags)": (variant(field_weights=(1.0, 0, 0, 0, 0)), dense),
     }
     report["pooling_ablation_tune"] = {name: {m: score(searcher(c, i), tune, m) for m in ("dense", "hybrid")}
                                        for name, (c, i) in variants.items()}
@@ -158,7 +164,8 @@ def quality(records: list[Record], dense: DenseIndex, concat: DenseIndex, querie
     report["fusion_ablation_tune"] = {name: score(searcher(c), tune, "hybrid") for name, c in fusions.items()}
     report["similar"] = {"pooled vector + bm25 of title/tags/taxonomy [default]": similar_score(chosen),
                          "dense only (pooled vector)": similar_score(DenseOnlySimilar(chosen)),
-                         "dense only, one truncated text": similar_score(DenseOnlySimilar(searcher(base, concat)))}
+                         "dense only, one truncated text":
+                             similar_score(DenseOnlySimilar(searcher(base, concat)))}
     return report
 
 
@@ -185,7 +192,8 @@ def latency(searcher: Searcher, queries: list[str], repeat: int = 3) -> dict:
     return out
 
 
-def synthetic(records: list[Record], dense: DenseIndex, n: int, seed: int = 0) -> tuple[list[Record], DenseIndex]:
+def synthetic(records: list[Record], dense: DenseIndex, n: int,
+              seed: int = 0) -> tuple[list[Record], DenseIndex]:
     """n records mixing real records' words; vectors = a real record's vectors plus noise.
 
     Embedding 100,000 texts is out of reach on 2 cores, so vectors are perturbed copies of real
@@ -203,7 +211,8 @@ def synthetic(records: list[Record], dense: DenseIndex, n: int, seed: int = 0) -
         summary = r.summary.model_construct(problem=text[:300], method=text[300:700], results=text[700:900],
                                             limitations=text[900:] or "none")
         out.append(r.model_construct(**{**dict(r), "id": f"syn-{i}", "summary": summary, "related": []}))
-    fields = dense.fields[base] + rng.normal(0, 0.03, size=(n, len(FIELDS), dense.fields.shape[2])).astype(np.float32)
+    noise = rng.normal(0, 0.03, size=(n, len(FIELDS), dense.fields.shape[2])).astype(np.float32)
+    fields = dense.fields[base] + noise
     fields /= np.linalg.norm(fields, axis=2, keepdims=True)
     return out, DenseIndex(ids=[r.id for r in out], fields=fields.astype(np.float32), key="synthetic")
 
@@ -231,7 +240,8 @@ def hnsw_vs_flat(vectors: np.ndarray, queries: np.ndarray) -> dict:
             times.append((time.perf_counter() - t) * 1000)
         _, found = index.search(queries, K)
         agree = np.mean([len(set(a) & set(b)) / K for a, b in zip(found, exact, strict=True)])
-        out[name] = {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
+        out[name] = {"p50_ms": round(float(np.percentile(times, 50)), 2),
+                     "p95_ms": round(float(np.percentile(times, 95)), 2),
                      "recall@10_vs_exact": round(float(agree), 4)}
     return out
 
@@ -270,8 +280,9 @@ def cold_cli(papers: Path, cache: Path, runs: int = 3) -> dict:
         # first, so that a run times a cold start and not an embedding run; runs that still had to
         # embed are counted and left out of the median.
         subprocess.run([atlas, "index", *args], capture_output=True, env=env, check=False)
+        query = "prune without retraining using activations"
         t = time.perf_counter()
-        proc = subprocess.run([atlas, "search", "prune without retraining using activations", "--json", *args],
+        proc = subprocess.run([atlas, "search", query, "--json", *args],
                               capture_output=True, env=env, check=False)
         elapsed = time.perf_counter() - t
         if proc.returncode != 0:
@@ -297,7 +308,8 @@ def catalog_records(papers: Path) -> tuple[list[Record], int]:
     except CatalogInvalid as exc:
         # While the catalog is being filled, dangling `related` links must not stop the benchmark.
         records = load_catalog(papers, checks=False).records
-        say(f"warning: the catalog has {len(exc.errors)} error(s); benchmarking its {len(records)} parseable records")
+        say(f"warning: the catalog has {len(exc.errors)} error(s); "
+            f"benchmarking its {len(records)} parseable records")
         return records, len(exc.errors)
 
 
@@ -309,7 +321,8 @@ def run_bench(papers_dir: Path, synthetic_n: int = 100_000) -> dict:
         papers_dir = Path(shutil.copytree(papers_dir, Path(tmp) / "papers"))
         records, catalog_errors = catalog_records(papers_dir)
         result = {"records": len(records), "catalog_errors": catalog_errors,
-                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                              "python": platform.python_version(),
                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}}
         cache = Path(tmp) / "cache"
         say(f"building the index of {len(records)} records from scratch ...")
@@ -319,7 +332,8 @@ def run_bench(papers_dir: Path, synthetic_n: int = 100_000) -> dict:
         t = time.perf_counter()
         again = load_or_build(records, cache, progress=False)
         result["index"] = {"build_s": round(build_s, 1), "texts_embedded": dense.embedded,
-                           "fresh_reload_s": round(time.perf_counter() - t, 3), "fresh_reload_texts_embedded": again.embedded}
+                           "fresh_reload_s": round(time.perf_counter() - t, 3),
+                           "fresh_reload_texts_embedded": again.embedded}
         say("embedding the one-text baseline ...")
         concat = concat_index(records)
         queries = usable_queries(load_eval(), {r.id for r in records})
@@ -359,13 +373,17 @@ def print_report(result: dict) -> None:
     for mode, parts in q["modes"].items():
         for part in ("tune", "held"):
             s = parts[part]
-            table.add_row(mode, part, str(s["queries"]), f"{s['recall@10']:.3f}", f"{s['mrr@10']:.3f}", f"{s['ndcg@10']:.3f}")
+            table.add_row(mode, part, str(s["queries"]),
+                          f"{s['recall@10']:.3f}", f"{s['mrr@10']:.3f}", f"{s['ndcg@10']:.3f}")
     console.print(table)
     lat = result["latency_catalog"]
     syn = result["latency_synthetic"]
-    console.print("warm latency p50/p95 ms: catalog " + ", ".join(f"{m} {v['p50_ms']}/{v['p95_ms']}" for m, v in lat.items())
-                  + f"; {syn['records']} synthetic " + ", ".join(f"{m} {syn[m]['p50_ms']}/{syn[m]['p95_ms']}" for m in MODES))
-    console.print(f"index build {result['index']['build_s']} s ({result['index']['texts_embedded']} texts); "
-                  f"unchanged rebuild {result['index']['fresh_reload_s']} s, {result['index']['fresh_reload_texts_embedded']} texts embedded; "
+    catalog_ms = ", ".join(f"{m} {v['p50_ms']}/{v['p95_ms']}" for m, v in lat.items())
+    synthetic_ms = ", ".join(f"{m} {syn[m]['p50_ms']}/{syn[m]['p95_ms']}" for m in MODES)
+    console.print(f"warm latency p50/p95 ms: catalog {catalog_ms}; {syn['records']} synthetic {synthetic_ms}")
+    index = result["index"]
+    console.print(f"index build {index['build_s']} s ({index['texts_embedded']} texts); "
+                  f"unchanged rebuild {index['fresh_reload_s']} s, "
+                  f"{index['fresh_reload_texts_embedded']} texts embedded; "
                   f"cold CLI {result['cold_cli']}")
     console.print(f"wrote {RESULTS}")

@@ -20,6 +20,9 @@ from catalog.site_text import attr, front_matter, leaf_slug, md
 from catalog.vocabulary import vocabulary
 
 SUMMARY_FIELDS = ("problem", "method", "results", "limitations")
+FIDELITY_MEANING = {"exact": "faithful to the paper and its official code",
+                    "simplified": "a simplified variant: what differs from the paper is stated below",
+                    "family": "the closest method of this family, not this paper's own algorithm"}
 MKDOCS_CONFIG = Path("mkdocs.yml")
 
 
@@ -64,7 +67,9 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
     vocab = vocabulary()
     lines = [front_matter(r.title, tags=list(r.tags)), f"# {md(r.title)}", "", badges(r), "",
              f"**Authors:** {md(', '.join(r.authors))}", ""]
-    links = [f"[arXiv {md(r.arxiv)}](https://arxiv.org/abs/{attr(r.arxiv)}){{ .md-button }}"] if r.arxiv else []
+    links = []
+    if r.arxiv:
+        links.append(f"[arXiv {md(r.arxiv)}](https://arxiv.org/abs/{attr(r.arxiv)}){{ .md-button }}")
     if str(r.url) != (r.arxiv_url or ""):
         links.append(f"[Paper]({attr(str(r.url))}){{ .md-button }}")
     if r.code:
@@ -83,8 +88,8 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
         lines += ["## Related papers", "", *[paper_item(x, "") for x in related], ""]
     similar = [data.by_id[i] for i in data.similar.get(r.id, []) if i in data.by_id and i not in r.related]
     if similar:
-        lines += ["## Similar papers", "", "<small>Nearest neighbours by the atlas search engine.</small>", "",
-                  *[paper_item(x, "") for x in similar], ""]
+        lines += ["## Similar papers", "", "<small>Nearest neighbours by the atlas search engine.</small>",
+                  "", *[paper_item(x, "") for x in similar], ""]
     lines += ["## Cite", "", "```bibtex", bibtex.strip(), "```", ""]
     return "\n".join(lines)
 
@@ -94,9 +99,7 @@ def implementation_section(r: Record, data: SiteData) -> list[str]:
         return []
     info = data.impls.get(r.impl.module, {})
     name = info.get("name", r.impl.module.rsplit(".", 1)[-1])
-    fidelity = {"exact": "faithful to the paper and its official code",
-                "simplified": "a simplified variant: what differs from the paper is stated below",
-                "family": "the closest method of this family, not this paper's own algorithm"}[r.impl.fidelity]
+    fidelity = FIDELITY_MEANING[r.impl.fidelity]
     lines = ["## Reference implementation", "",
              f"Module `{r.impl.module}` — fidelity **{r.impl.fidelity}** ({fidelity}).", "",
              "```bash", f"atlas run {name} --model causal --json", "```", ""]
@@ -118,6 +121,10 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _model_then_options(row: dict) -> tuple[str, str]:
+    return str(row.get("model")), json.dumps(row.get("options", {}), sort_keys=True)
+
+
 def results_table(rows: list[dict]) -> list[str]:
     """Measured runs: the options that vary between runs (one "setting" cell, so the table fits the
     page), the headline metric, the uncompressed reference, true bits/weight and compression time."""
@@ -128,7 +135,7 @@ def results_table(rows: list[dict]) -> list[str]:
               for k in varying}
     header = ["model", "setting", "metric", "full precision", "bits/weight", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in sorted(rows, key=lambda r: (str(r.get("model")), json.dumps(r.get("options", {}), sort_keys=True))):
+    for row in sorted(rows, key=_model_then_options):
         m = row.get("metrics", {})
         if "perplexity" in m:
             # three decimals: the gaps between methods on the small model are fractions of a point
@@ -158,7 +165,8 @@ def results_table(rows: list[dict]) -> list[str]:
 def theme_page(theme: str, data: SiteData) -> str:
     vocab = vocabulary()
     members = [r for r in data.records if theme in r.themes]
-    lines = [front_matter(theme.replace("-", " ").capitalize()), f"# {md(theme.replace('-', ' ').capitalize())}", "",
+    title = theme.replace("-", " ").capitalize()
+    lines = [front_matter(title), f"# {md(title)}", "",
              md(vocab.themes[theme]), "", f"**{len(members)} papers.**", "", "## Taxonomy", ""]
     leaves = vocab.taxonomy_tree().get(theme, [])
     for leaf in leaves:
@@ -173,7 +181,8 @@ def theme_page(theme: str, data: SiteData) -> str:
             heading = md(leaf) if leaf in leaves else f"Also in this theme: {md(leaf)}"
             lines += [f"## {heading}", ""]
             for year in sorted({r.year for r in groups[leaf]}, reverse=True):
-                lines += [f"**{year}**", "", *[paper_item(r) for r in newest_first(groups[leaf]) if r.year == year], ""]
+                of_year = [paper_item(r) for r in newest_first(groups[leaf]) if r.year == year]
+                lines += [f"**{year}**", "", *of_year, ""]
     return "\n".join(lines)
 
 
@@ -202,7 +211,8 @@ def taxonomy_page(data: SiteData) -> str:
 
 
 def years_page(data: SiteData) -> str:
-    lines = [front_matter("Timeline"), "# Timeline", "", "Papers by the year of their first public version.", ""]
+    lines = [front_matter("Timeline"), "# Timeline", "",
+             "Papers by the year of their first public version.", ""]
     for year in sorted({r.year for r in data.records}, reverse=True):
         members = sorted((r for r in data.records if r.year == year), key=lambda r: r.title.lower())
         lines += [f"## {year} ({len(members)})", "", *[paper_item(r, "papers/") for r in members], ""]
@@ -224,7 +234,8 @@ def venues_page(data: SiteData) -> str:
     for r in data.records:
         groups[venue_name(r.venue)].append(r)
     order = sorted(groups, key=lambda v: (v == "Preprints", -len(groups[v]), v))
-    lines = [front_matter("Venues"), "# Venues", "", " · ".join(f"{md(v)} ({len(groups[v])})" for v in order), ""]
+    counts = " · ".join(f"{md(v)} ({len(groups[v])})" for v in order)
+    lines = [front_matter("Venues"), "# Venues", "", counts, ""]
     for venue in order:
         lines += [f"## {md(venue)}", ""]
         lines += [paper_item(r, "papers/") for r in newest_first(groups[venue])]
@@ -252,7 +263,8 @@ def implementations_page(data: SiteData) -> str:
     for module in sorted(by_module):
         info = data.impls.get(module, {})
         name = info.get("name", module.rsplit(".", 1)[-1])
-        lines += [f"## {md(name)}", "", f"`{module}` · papers: " + ", ".join(paper_link(r, "papers/") for r in by_module[module]),
+        papers = ", ".join(paper_link(r, "papers/") for r in by_module[module])
+        lines += [f"## {md(name)}", "", f"`{module}` · papers: " + papers,
                   "", "```bash", f"atlas run {name} --model causal", "```", ""]
         rows = data.results.get(name, [])
         lines += results_table(rows) if rows else ["No measured results yet.", ""]
@@ -269,22 +281,26 @@ def home_page(data: SiteData) -> str:
              "finetuning and benchmarks — with an original one-minute summary of every paper and small, "
              "tested reference implementations whose results are measured on real models.", "",
              f'<div class="atlas-counts"><span><b>{len(data.records)}</b> papers</span>'
-             f"<span><b>{len(vocab.themes)}</b> themes</span><span><b>{len(vocab.taxonomy)}</b> taxonomy leaves</span>"
-             f"<span><b>{n_code}</b> with official code</span><span><b>{n_impl}</b> with a reference implementation</span></div>",
+             f"<span><b>{len(vocab.themes)}</b> themes</span>"
+             f"<span><b>{len(vocab.taxonomy)}</b> taxonomy leaves</span>"
+             f"<span><b>{n_code}</b> with official code</span>"
+             f"<span><b>{n_impl}</b> with a reference implementation</span></div>",
              "", "## Themes", "", '<div class="grid cards" markdown>', ""]
     for theme, description in vocab.themes.items():
         n = sum(theme in r.themes for r in data.records)
         lines += [f"-   **[{md(theme.replace('-', ' ').capitalize())}](themes/{theme}.md)** · {n} papers", "",
                   "    ---", "", f"    {md(description)}", ""]
     lines += ["</div>", "", "## Newest additions", ""]
-    newest = sorted(data.records, key=lambda r: (r.added.isoformat() if r.added else "", r.year, r.id), reverse=True)[:10]
+    newest = sorted(data.records, key=lambda r: (r.added.isoformat() if r.added else "", r.year, r.id),
+                    reverse=True)[:10]
     lines += [paper_item(r, "papers/") for r in newest]
     lines += ["", "## How to search", "",
               "- Press `/` or click the search box to search every page offline (titles, summaries, tags).",
               "- Browse by [theme](themes/quantization.md), [taxonomy](taxonomy.md), [year](years.md), "
-              "[venue](venues.md) or [tag](tags.md); runnable methods are on [Implementations](implementations.md).",
-              "- From a terminal: `atlas search \"prune without retraining using activations\"` ranks papers by "
-              "meaning and keywords; `atlas similar gptq` finds neighbours.", "",
+              "[venue](venues.md) or [tag](tags.md); runnable methods are on "
+              "[Implementations](implementations.md).",
+              '- From a terminal: `atlas search "prune without retraining using activations"` ranks papers '
+              "by meaning and keywords; `atlas similar gptq` finds neighbours.", "",
               "Downloads: [atlas.bib](atlas.bib) (BibTeX) · [atlas.json](atlas.json) (all records).", ""]
     return "\n".join(lines)
 
@@ -295,8 +311,9 @@ def generate_pages(data: SiteData) -> dict[str, str]:
     bib_all = to_bibtex(data.records)
     keys = citation_keys(data.records)
     pages = {"index.md": home_page(data), "taxonomy.md": taxonomy_page(data), "years.md": years_page(data),
-             "venues.md": venues_page(data), "tags.md": tags_page(), "implementations.md": implementations_page(data),
-             "atlas.bib": bib_all, "atlas.json": json.dumps(to_json(data.records), indent=1, ensure_ascii=False)}
+             "venues.md": venues_page(data), "tags.md": tags_page(),
+             "implementations.md": implementations_page(data), "atlas.bib": bib_all,
+             "atlas.json": json.dumps(to_json(data.records), indent=1, ensure_ascii=False)}
     for r in data.records:
         pages[f"papers/{r.id}.md"] = paper_page(r, data, to_bibtex([r], keys))
     for theme in vocab.themes:

@@ -16,7 +16,8 @@ SIMILAR_K = 5
 
 
 def records_hash(records: list[Record]) -> str:
-    blob = json.dumps([r.model_dump(mode="json") for r in sorted(records, key=lambda r: r.id)], sort_keys=True)
+    dumped = [r.model_dump(mode="json") for r in sorted(records, key=lambda r: r.id)]
+    blob = json.dumps(dumped, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -127,10 +128,12 @@ def implementations(records: list[Record], cache_dir: Path | None = None) -> dic
     cached by source hash (`cached_registry_index`).
     """
     index = registry_index() if cache_dir is None else cached_registry_index(cache_dir)
-    return {module: index[module] for module in sorted({r.impl.module for r in records if r.impl}) if module in index}
+    linked = sorted({r.impl.module for r in records if r.impl})
+    return {module: index[module] for module in linked if module in index}
 
 
 def site_data(records: list[Record], root: Path) -> SiteData:
     cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
-    return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir), results=load_results(root / "results"))
+    return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir),
+                    results=load_results(root / "results"))

@@ -136,7 +136,8 @@ def show(
 def export(
     fmt: str = typer.Option(..., "--format", "-f", help="bibtex, csljson or json."),
     theme: str | None = typer.Option(None, help="Only records with this theme."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file (atomically) instead of stdout."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Write to this file (atomically) instead of stdout."),
     papers: Path | None = PapersOption,
 ) -> None:
     """Export the catalog as BibTeX, CSL-JSON (Zotero) or JSON.
@@ -146,7 +147,8 @@ def export(
     from catalog.export import export as render
 
     if fmt not in ("bibtex", "csljson", "json"):
-        raise fail(f"--format: unknown format '{fmt}'{suggest(fmt, ['bibtex', 'csljson', 'json'])} (choose bibtex, csljson or json)")
+        hint = suggest(fmt, ["bibtex", "csljson", "json"])
+        raise fail(f"--format: unknown format '{fmt}'{hint} (choose bibtex, csljson or json)")
     check_theme(theme)
     text = render(_filter(records_or_exit(papers), theme, None), fmt)
     if output is None:
@@ -169,12 +171,13 @@ def stats(
     """
     records = records_or_exit(papers)
     vocab = vocabulary()
+    venues = Counter((r.venue or "preprint").rsplit(" ", 1)[0] if r.venue else "preprint" for r in records)
     counts = {
         "records": len(records),
         "themes": {t: sum(t in r.themes for r in records) for t in vocab.themes},
         "taxonomy": {leaf: sum(r.taxonomy == leaf for r in records) for leaf in vocab.taxonomy},
         "years": dict(sorted(Counter(r.year for r in records).items())),
-        "venues": dict(Counter((r.venue or "preprint").rsplit(" ", 1)[0] if r.venue else "preprint" for r in records).most_common()),
+        "venues": dict(venues.most_common()),
         "without_code": sorted(r.id for r in records if r.code is None),
         "with_impl": sorted(r.id for r in records if r.impl),
     }
@@ -202,9 +205,11 @@ BENCHES = {
 @app.command()
 def bench(
     targets: list[str] = typer.Argument(None, help="search, site, or method names (default: everything)."),
-    model: list[str] = typer.Option(None, "--model", help="Re-run methods on this model only (causal, encoder); "
+    model: list[str] = typer.Option(None, "--model",
+                                    help="Re-run methods on this model only (causal, encoder); "
                                     "runs on other models are kept from results/. Repeatable."),
-    missing: bool = typer.Option(False, "--missing", help="Only run grid points that results/ does not hold yet."),
+    missing: bool = typer.Option(False, "--missing",
+                                 help="Only run grid points that results/ does not hold yet."),
     papers: Path | None = PapersOption,
 ) -> None:
     """Run benchmarks and write results/*.json.
@@ -227,7 +232,8 @@ def bench(
         names = [m.name for m in registry.all_methods()]
         unknown = [m for m in methods if m not in names]
         if unknown:
-            raise fail(f"unknown bench target '{unknown[0]}'{suggest(unknown[0], [*BENCHES, 'impls', *names])}")
+            hint = suggest(unknown[0], [*BENCHES, "impls", *names])
+            raise fail(f"unknown bench target '{unknown[0]}'{hint}")
     for target in targets:
         if target in BENCHES:
             module, func = BENCHES[target].split(":")
@@ -243,7 +249,8 @@ def bench(
 
 @app.command()
 def add(
-    arxiv_id: str = typer.Argument(..., metavar="ARXIV_ID", help="arXiv id without version, e.g. 2210.17323."),
+    arxiv_id: str = typer.Argument(..., metavar="ARXIV_ID",
+                                   help="arXiv id without version, e.g. 2210.17323."),
     record_id: str | None = typer.Option(None, "--id", help="Record id (default: from the title)."),
     papers: Path | None = PapersOption,
 ) -> None:
@@ -266,7 +273,8 @@ def add(
     try:
         meta = fetch_arxiv(arxiv_id)
     except MetadataError as exc:
-        raise fail(str(exc), code=1 if "no paper" in str(exc) or "not an arXiv id" in str(exc) else 2) from None
+        not_found = "no paper" in str(exc) or "not an arXiv id" in str(exc)
+        raise fail(str(exc), code=1 if not_found else 2) from None
     rid = record_id or slug_for(meta.title)
     if not SLUG.match(rid):
         raise fail(f"--id: '{rid}' is not a slug (lower-case letters, digits, '-')")
@@ -276,7 +284,8 @@ def add(
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(draft_record(meta, rid), encoding="utf-8")
     tmp.replace(target)
-    err.print(f"wrote {target}: fill in summary, themes, taxonomy and tags, then run atlas validate", highlight=False)
+    err.print(f"wrote {target}: fill in summary, themes, taxonomy and tags, then run atlas validate",
+              highlight=False)
 
 
 @app.command()
@@ -295,7 +304,8 @@ def enrich(
     unknown = [i for i in ids or [] if i not in records]
     if unknown:
         raise fail(f"no record '{unknown[0]}'{suggest(unknown[0], records)}")
-    targets = [records[i] for i in ids] if ids else [r for r in records.values() if r.venue is None and r.arxiv]
+    preprints = [r for r in records.values() if r.venue is None and r.arxiv]
+    targets = [records[i] for i in ids] if ids else preprints
     table = Table(title="venues found in OpenAlex")
     for col in ("id", "current", "OpenAlex"):
         table.add_column(col)

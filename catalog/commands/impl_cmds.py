@@ -112,12 +112,15 @@ def _metrics_table(record: dict) -> Table:
 def run(
     ctx: typer.Context,
     method: str = typer.Argument(..., help="Method name (see `atlas impls`), or a+b to apply a then b."),
-    model: str = typer.Option("causal", "--model", help="causal, encoder, or a local Hugging Face model directory."),
+    model: str = typer.Option("causal", "--model",
+                              help="causal, encoder, or a local Hugging Face model directory."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration samples (windows or texts)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration draw."),
-    save: Path | None = typer.Option(None, "--save", help="Save the compressed model (Hugging Face format) here."),
-    eval_windows: int | None = typer.Option(None, "--eval-windows", help="Cap the held-out windows (quick runs)."),
+    save: Path | None = typer.Option(None, "--save",
+                                     help="Save the compressed model (Hugging Face format) here."),
+    eval_windows: int | None = typer.Option(None, "--eval-windows",
+                                            help="Cap the held-out windows (quick runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result record as JSON."),
     papers: Path | None = PapersOption,
 ) -> None:
@@ -149,10 +152,13 @@ def run(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task(f"{method}: blocks", total=None)
+        def on_blocks(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
         try:
             record = run_method(method, model=model, device=device, calib_samples=calib_samples, seed=seed,
                                 save=save, eval_windows=eval_windows, papers_dir=papers_dir(papers),
-                                options=options, progress=lambda done, total: progress.update(task, completed=done, total=total))
+                                options=options, progress=on_blocks)
         except ModelMissingError as exc:
             raise _fail(str(exc), 2) from None
         except CatalogInvalid as exc:  # the encoder is evaluated on the catalog's records

@@ -15,8 +15,8 @@ from rich.table import Table
 from catalog.cli_app import PapersOption, app
 from catalog.commands.catalog_cmds import err, fail, out, print_json, records_or_exit
 
-CacheOption = typer.Option(None, "--cache-dir", help="Index cache directory (default: $ATLAS_CACHE or .atlas).",
-                           show_default=False)
+CacheOption = typer.Option(None, "--cache-dir", show_default=False,
+                           help="Index cache directory (default: $ATLAS_CACHE or .atlas).")
 TopOption = typer.Option(10, "--top", "-k", help="How many results.")
 JsonOption = typer.Option(False, "--json", help="Print a JSON list of hits (stdout holds nothing else).")
 
@@ -42,7 +42,8 @@ def _searcher(records, cache: Path, *, required: bool = False):
     except CacheUnusable as exc:
         if required:
             raise fail(f"{exc} (choose another with --cache-dir or $ATLAS_CACHE)", code=2) from None
-        _log(f"warning: {exc}; building the index in memory for this run (choose another cache with --cache-dir)")
+        _log(f"warning: {exc}; building the index in memory for this run "
+             "(choose another cache with --cache-dir)")
         searcher.dense = load_or_build(records, None, progress=True, log=_log)
     return searcher
 
@@ -72,16 +73,21 @@ def _show(hits, title: str, as_json: bool) -> None:
 
 @app.command()
 def search(
-    query: str = typer.Argument(..., help="An idea (\"prune without retraining\") or keywords (\"kv cache 2-bit\")."),
+    query: str = typer.Argument(...,
+                                help='An idea ("prune without retraining") or keywords ("kv cache 2-bit").'),
     top: int = TopOption,
     theme: list[str] = typer.Option(None, "--theme", help="Only these themes (repeatable; any of them)."),
-    taxonomy: str | None = typer.Option(None, help="Only this taxonomy path or prefix, e.g. quantization/ptq."),
+    taxonomy: str | None = typer.Option(None,
+                                        help="Only this taxonomy path or prefix, e.g. quantization/ptq."),
     year_from: int | None = typer.Option(None, "--year-from", help="Only papers from this year on."),
     year_to: int | None = typer.Option(None, "--year-to", help="Only papers up to this year."),
     venue: str | None = typer.Option(None, help="Venue contains this text (e.g. ICLR); 'preprint' for none."),
-    has_code: bool | None = typer.Option(None, "--has-code/--no-code", help="Only papers with (or without) official code."),
-    has_impl: bool | None = typer.Option(None, "--has-impl/--no-impl", help="Only papers with (or without) a reference implementation."),
-    mode: str = typer.Option("hybrid", help="hybrid (default, best measured), dense (meaning) or bm25 (keywords)."),
+    has_code: bool | None = typer.Option(None, "--has-code/--no-code",
+                                         help="Only papers with (or without) official code."),
+    has_impl: bool | None = typer.Option(None, "--has-impl/--no-impl",
+                                         help="Only papers with (or without) a reference implementation."),
+    mode: str = typer.Option("hybrid",
+                             help="hybrid (default, best measured), dense (meaning) or bm25 (keywords)."),
     as_json: bool = JsonOption,
     papers: Path | None = PapersOption,
     cache: Path | None = CacheOption,
@@ -150,7 +156,9 @@ def index(
     records = records_or_exit(papers)
     searcher = _searcher(records, cache_dir(cache), required=True)
     dense = searcher.dense
+    embedded = dense.embedded // len(FIELDS)
     state = ("fresh, nothing to do" if dense.cached
-             else f"built ({dense.embedded // len(FIELDS)} records embedded, {len(records) - dense.embedded // len(FIELDS)} reused)")
-    err.print(f"[green]ok[/green]: search index of {len(records)} records in {cache_dir(cache) / 'search' / dense.key}: {state}",
+             else f"built ({embedded} records embedded, {len(records) - embedded} reused)")
+    where = cache_dir(cache) / "search" / dense.key
+    err.print(f"[green]ok[/green]: search index of {len(records)} records in {where}: {state}",
               highlight=False)
