@@ -9,12 +9,14 @@ from catalog.load import load_catalog
 from catalog.vocabulary import vocabulary
 
 PAPERS = Path(__file__).resolve().parents[1] / "papers"
-LANDMARKS = """gptq awq smoothquant llm-int8 spqr quip quip-sharp omniquant zeroquant squeezellm qlora llm-qat peqa
-lut-gemm obc aqlm quarot spinquant kivi kvquant flexgen sparsegpt wanda llm-pruner slicegpt sheared-llama
-shortgpt flap owl dsnot ria besa minitron flash-llm ziplm minillm gkd distilling-step-by-step distilbert
-tinybert minilm lion tensorgpt asvd svd-llm losparse lora bitnet bitnet-b158 hqq outlier-suppression llm-kick
-llm-compression-survey h2o streamingllm medusa deja-vu atom qserve fp8-formats mx-formats""".split()
-MIN_PER_THEME = {t: 8 for t in "quantization pruning distillation low-rank memory prompt finetuning benchmarks compression".split()}
+LANDMARKS = """gptq awq smoothquant llm-int8 spqr quip quip-sharp omniquant zeroquant squeezellm qlora
+llm-qat peqa lut-gemm obc aqlm quarot spinquant kivi kvquant flexgen sparsegpt wanda llm-pruner slicegpt
+sheared-llama shortgpt flap owl dsnot ria besa minitron flash-llm ziplm minillm gkd distilling-step-by-step
+distilbert tinybert minilm lion tensorgpt asvd svd-llm losparse lora bitnet bitnet-b158 hqq
+outlier-suppression llm-kick llm-compression-survey h2o streamingllm medusa deja-vu atom qserve fp8-formats
+mx-formats""".split()
+MAIN_THEMES = "quantization pruning distillation low-rank memory prompt finetuning benchmarks compression"
+MIN_PER_THEME = {t: 8 for t in MAIN_THEMES.split()}
 MIN_PER_THEME |= {t: 4 for t in "encoding hyperparameters open-source-models agents".split()}
 
 

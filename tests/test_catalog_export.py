@@ -17,10 +17,13 @@ NASTY = "Q&A: 100% of {LLaMA}_2 #1 costs $5 ~ 2^3 for M\u00fcller\u2019s \u0141u
 
 
 def nasty_catalog(tmp_path):
+    beta = record_text("beta", arxiv="2301.00774", year=2023,
+                       title="GPTQ: Accurate Post-Training Quantization")
+    gamma = record_text("gamma", arxiv="2301.00775", year=2023, title="Another Paper")
     return write_catalog(tmp_path, {
         "alpha": record_text("alpha", title=NASTY.replace("\\", "\\\\")),
-        "beta": record_text("beta", arxiv="2301.00774", year=2023, title="GPTQ: Accurate Post-Training Quantization").replace("venue: ICLR 2023", "venue: null"),
-        "gamma": record_text("gamma", arxiv="2301.00775", year=2023, title="Another Paper").replace("venue: ICLR 2023", "venue: TACL 2024"),
+        "beta": beta.replace("venue: ICLR 2023", "venue: null"),
+        "gamma": gamma.replace("venue: ICLR 2023", "venue: TACL 2024"),
     })
 
 

@@ -18,6 +18,11 @@ def validate(directory):
     return result.exit_code, result.stdout, result.stderr
 
 
+def beta_text(**fields) -> str:
+    """The second record of `two_good`, with `fields` changed."""
+    return record_text("beta", arxiv="2301.00774", year=2023, **fields)
+
+
 def single_error(directory):
     code, stdout, stderr = validate(directory)
     assert code == 1
@@ -35,7 +40,8 @@ def test_good_catalog_passes(tmp_path):
 
 def test_malformed_yaml(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "alpha.yaml").write_text(record_text("alpha").replace("themes: [quantization]", "themes: [quantization"))
+    unclosed = record_text("alpha").replace("themes: [quantization]", "themes: [quantization")
+    (tmp_path / "alpha.yaml").write_text(unclosed)
     line = single_error(tmp_path)
     assert line.startswith(str(tmp_path / "alpha.yaml") + ":")
     assert ": yaml: malformed YAML" in line
@@ -43,29 +49,30 @@ def test_malformed_yaml(tmp_path):
 
 def test_missing_required_field(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023).replace("authors: [Ada Lovelace, Alan Turing]\n", ""))
+    (tmp_path / "beta.yaml").write_text(beta_text().replace("authors: [Ada Lovelace, Alan Turing]\n", ""))
     assert single_error(tmp_path).endswith("beta.yaml:1: authors: required field is missing")
 
 
 def test_wrong_type_names_line(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023).replace("year: 2023", "year: twenty"))
+    (tmp_path / "beta.yaml").write_text(beta_text().replace("year: 2023", "year: twenty"))
     line = single_error(tmp_path)
     assert "beta.yaml:4: year:" in line and "integer" in line
 
 
 def test_unknown_theme_suggests(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, themes="[quantisation]"))
+    (tmp_path / "beta.yaml").write_text(beta_text(themes="[quantisation]"))
     line = single_error(tmp_path)
     assert "beta.yaml:9: themes[0]: unknown theme 'quantisation' (did you mean 'quantization'?)" in line
 
 
 def test_unknown_taxonomy_suggests(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, taxonomy="pruning/unstructed"))
+    (tmp_path / "beta.yaml").write_text(beta_text(taxonomy="pruning/unstructed"))
     line = single_error(tmp_path)
-    assert "beta.yaml:10: taxonomy: unknown taxonomy path 'pruning/unstructed' (did you mean 'pruning/unstructured'?)" in line
+    assert ("beta.yaml:10: taxonomy: unknown taxonomy path 'pruning/unstructed' "
+            "(did you mean 'pruning/unstructured'?)") in line
 
 
 def test_duplicate_arxiv_id(tmp_path):
@@ -78,7 +85,7 @@ def test_duplicate_arxiv_id(tmp_path):
 def test_duplicate_title_after_normalization(tmp_path):
     write_catalog(tmp_path, {
         "alpha": record_text("alpha", title="GPTQ: Accurate Quantization"),
-        "beta": record_text("beta", arxiv="2301.00774", year=2023, title="gptq -- accurate   QUANTIZATION"),
+        "beta": beta_text(title="gptq -- accurate   QUANTIZATION"),
     })
     line = single_error(tmp_path)
     assert "beta.yaml:2: title: duplicate title (after normalization): same as alpha.yaml" in line
@@ -101,13 +108,13 @@ def test_malformed_arxiv_id(tmp_path):
 
 def test_unquoted_arxiv_id_is_refused(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023).replace('arxiv: "2301.00774"', "arxiv: 2301.10"))
+    (tmp_path / "beta.yaml").write_text(beta_text().replace('arxiv: "2301.00774"', "arxiv: 2301.10"))
     assert "beta.yaml:6: arxiv: arXiv id must be a quoted string" in single_error(tmp_path)
 
 
 def test_related_unknown_id(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, related="[alpah]"))
+    (tmp_path / "beta.yaml").write_text(beta_text(related="[alpah]"))
     line = single_error(tmp_path)
     assert "beta.yaml:25: related: unknown record id 'alpah' (did you mean 'alpha'?)" in line
 
@@ -120,7 +127,7 @@ def test_year_inconsistent_with_arxiv(tmp_path):
 
 def test_non_utf8_file(tmp_path):
     two_good(tmp_path)
-    text = record_text("beta", arxiv="2301.00774", year=2023).replace("Ada Lovelace", "Ada L\xf6velace")
+    text = beta_text().replace("Ada Lovelace", "Ada L\xf6velace")
     (tmp_path / "beta.yaml").write_bytes(text.encode("latin-1"))
     line = single_error(tmp_path)
     assert "beta.yaml:3: file: not valid UTF-8 (byte 0xf6" in line
@@ -134,13 +141,13 @@ def test_empty_file(tmp_path):
 
 def test_unknown_field(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra="summry: x\n"))
+    (tmp_path / "beta.yaml").write_text(beta_text(extra="summry: x\n"))
     assert "beta.yaml:26: summry: unknown field" in single_error(tmp_path)
 
 
 def test_summary_too_short(tmp_path):
     two_good(tmp_path)
-    text = record_text("beta", arxiv="2301.00774", year=2023)
+    text = beta_text()
     start, end = text.index("summary:"), text.index("related:")
     short = "summary:\n  problem: Too short.\n  method: Short.\n  results: None.\n  limitations: Few words.\n"
     (tmp_path / "beta.yaml").write_text(text[:start] + short + text[end:])
@@ -153,7 +160,8 @@ def test_yaml_bomb_is_refused_quickly(tmp_path):
     bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i, name in enumerate("bcdefghi"):
         prev = "abcdefghi"[i]
-        bomb.append(f"{name}: &{name} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+        nine_refs = ",".join([f"*{prev}"] * 9)  # each level holds nine copies of the one before
+        bomb.append(f"{name}: &{name} [{nine_refs}]")
     (tmp_path / "beta.yaml").write_text("\n".join(bomb) + "\n")
     start = time.perf_counter()
     line = single_error(tmp_path)
@@ -163,7 +171,8 @@ def test_yaml_bomb_is_refused_quickly(tmp_path):
 
 def test_unknown_tag_suggests(tmp_path):
     two_good(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023).replace("[post-training, 4-bit]", "[post-training, 4bit]"))
+    (tmp_path / "beta.yaml").write_text(beta_text().replace("[post-training, 4-bit]",
+                                                            "[post-training, 4bit]"))
     assert "beta.yaml:11: tags[1]: unknown tag '4bit' (did you mean '4-bit'?)" in single_error(tmp_path)
 
 
@@ -201,9 +210,10 @@ def test_year_may_precede_arxiv_when_published_first(tmp_path):
 def test_impl_module_must_exist(tmp_path):
     two_good(tmp_path)
     extra = "impl:\n  module: reference_impls.quantization.gptqq\n  fidelity: exact\n"
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra=extra))
-    assert "beta.yaml:26: impl: module 'reference_impls.quantization.gptqq' cannot be imported" in single_error(tmp_path)
-    (tmp_path / "beta.yaml").write_text(record_text("beta", arxiv="2301.00774", year=2023, extra=extra.replace("gptqq", "gptq")))
+    (tmp_path / "beta.yaml").write_text(beta_text(extra=extra))
+    line = single_error(tmp_path)
+    assert "beta.yaml:26: impl: module 'reference_impls.quantization.gptqq' cannot be imported" in line
+    (tmp_path / "beta.yaml").write_text(beta_text(extra=extra.replace("gptqq", "gptq")))
     assert validate(tmp_path)[0] == 0
 
 
@@ -232,6 +242,7 @@ def test_atlas_run_on_an_invalid_catalog_prints_one_error_line(tmp_path, monkeyp
         encoder_eval_texts(papers_dir)
 
     monkeypatch.setattr(method_runner, "run_method", run_method)
-    result = runner.invoke(app, ["run", "rtn", "--model", "encoder", "--papers", str(invalid_year_catalog(tmp_path))])
+    papers = invalid_year_catalog(tmp_path)
+    result = runner.invoke(app, ["run", "rtn", "--model", "encoder", "--papers", str(papers)])
     assert result.exit_code == 1 and result.stdout == ""
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'beta.yaml'))}:4: year: .+", result.stderr.strip())

@@ -34,7 +34,8 @@ def test_every_command_has_help_with_an_example(name):
     assert "Example" in result.stdout, f"`atlas {name} --help` shows no example"
 
 
-@pytest.mark.parametrize("args", [["list", "--json"], ["show", "alpha", "--json"], ["stats", "--json"], ["export", "--format", "json"]])
+@pytest.mark.parametrize("args", [["list", "--json"], ["show", "alpha", "--json"], ["stats", "--json"],
+                                  ["export", "--format", "json"]])
 def test_json_output_is_json_and_nothing_else(tmp_path, args):
     papers = two_good(tmp_path)
     proc = subprocess.run([ATLAS, *args, "--papers", str(papers)], capture_output=True, text=True)

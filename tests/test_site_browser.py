@@ -63,7 +63,8 @@ def open_page(browser, url):
     return page, errors
 
 
-@pytest.mark.parametrize("path,name", [("/", "home"), ("/papers/gptq/", "paper-gptq"), ("/themes/pruning/", "theme-pruning")])
+@pytest.mark.parametrize("path,name", [("/", "home"), ("/papers/gptq/", "paper-gptq"),
+                                       ("/themes/pruning/", "theme-pruning")])
 def test_pages_load_without_console_errors(browser, served_site, path, name):
     page, errors = open_page(browser, served_site + path)
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ class CountingSearcher:
         self.ids = [r.id for r in records]
 
     def similar(self, record_id, top_k=5):
-        return [types.SimpleNamespace(record=types.SimpleNamespace(id=i)) for i in self.ids if i != record_id][:top_k]
+        others = [i for i in self.ids if i != record_id][:top_k]
+        return [types.SimpleNamespace(record=types.SimpleNamespace(id=i)) for i in others]
 
 
 def test_similar_is_not_recomputed_when_nothing_changed(tmp_path, monkeypatch):
@@ -28,7 +29,8 @@ def test_similar_is_not_recomputed_when_nothing_changed(tmp_path, monkeypatch):
     second = similar_papers(load_records(papers), tmp_path / "cache")
     assert first == second == {"alpha": ["beta"], "beta": ["alpha"]}
     assert CountingSearcher.instances == 1
-    (papers / "beta.yaml").write_text((papers / "beta.yaml").read_text().replace("A test paper", "A changed paper"))
+    beta = papers / "beta.yaml"
+    beta.write_text(beta.read_text().replace("A test paper", "A changed paper"))
     similar_papers(load_records(papers), tmp_path / "cache")
     assert CountingSearcher.instances == 2
 
@@ -60,8 +62,10 @@ def test_results_table_shows_one_setting_cell_with_the_options_that_vary():
     from catalog.site import results_table
 
     base = {"method": "rtn", "model": "causal", "bits_per_weight": 4.156, "time_s": 0.1}
-    rows = [dict(base, options={"bits": 4, "group_size": 128}, metrics={"perplexity": 46.17, "perplexity_fp": 45.362}),
-            dict(base, options={"bits": 3, "group_size": 128}, metrics={"perplexity": 48.478, "perplexity_fp": 45.362})]
+    rows = [dict(base, options={"bits": 4, "group_size": 128},
+                 metrics={"perplexity": 46.17, "perplexity_fp": 45.362}),
+            dict(base, options={"bits": 3, "group_size": 128},
+                 metrics={"perplexity": 48.478, "perplexity_fp": 45.362})]
     table = results_table(rows)
     assert table[0] == "| model | setting | metric | full precision | bits/weight | time (s) |"
     assert any("bits=3" in line and r"perplexity 48\.478" in line and r"45\.362" in line for line in table)
