@@ -3,7 +3,7 @@
 The baseline is a straightforward CPU reading of the official algorithm (IST-DASLab/gptq
 `fasterquant`, written here from the paper's Algorithm 1 and that code's structure): blocks of 128
 columns, a rank-1 update of the whole remaining block after every column, a per-column loss, and the
-same Cholesky-based inverse. Both implementations get the same W and H, so the Hessian accumulation
+same Cholesky-based inverse (`common.hessian`). Both implementations get the same W and H, so the Hessian accumulation
 (one float32 GEMM over the 262,144 calibration tokens, identical in both) is timed once and reported
 separately. Each solve is timed `repeats` times, alternating the two, and the minimum is reported,
 because the CPU is shared; their outputs are compared so that the faster one is known to be right.
@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from reference_impls.common.hessian import inverse_hessian_cholesky
 from reference_impls.quantization.gptq import gptq_quantize
 from reference_impls.quantization.rtn import fake_quantize, minmax_params, rtn_quantize
 
@@ -32,17 +33,10 @@ def straightforward_gptq(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_s
     columns = W.shape[1]
     maxq = 2**bits - 1
     scale, zero = minmax_params(W, bits=bits, sym=False)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    Hinv, dead = inverse_hessian_cholesky(H, damp=percdamp)
     W[:, dead] = 0
     Losses = torch.zeros_like(W)
     Q = torch.zeros_like(W)
-    damp = percdamp * torch.mean(torch.diag(H))
-    idx = torch.arange(columns)
-    H[idx, idx] += damp
-    H = torch.linalg.cholesky(H)
-    H = torch.cholesky_inverse(H)
-    Hinv = torch.linalg.cholesky(H, upper=True)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         W1 = W[:, i1:i2].clone()

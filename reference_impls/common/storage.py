@@ -20,8 +20,20 @@ SCALE_BITS = 16
 DENSE_BITS = 16
 
 
+def group_width(group_size: int, in_features: int, *, must_divide: bool = False) -> int:
+    """Input columns per quantization group: `group_size`, or the whole row for -1 (or a size that
+    covers the row). The one check of `--group-size` every quantizer uses: 0 and other non-positive
+    values are errors, and so is a size not dividing the row where a method's groups must tile it."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or (group_size < 1 and group_size != -1):
+        raise ValueError(f"--group-size must be -1 (whole row) or a positive integer, got {group_size!r}")
+    width = in_features if group_size == -1 else min(group_size, in_features)
+    if must_divide and in_features % width:
+        raise ValueError(f"--group-size {group_size} must divide the {in_features} input features")
+    return width
+
+
 def n_groups(in_features: int, group_size: int) -> int:
-    return 1 if group_size in (-1, 0) or group_size >= in_features else math.ceil(in_features / group_size)
+    return math.ceil(in_features / group_width(group_size, in_features))
 
 
 def quantized_bits(out_features: int, in_features: int, *, bits: int, group_size: int = -1, sym: bool = False) -> int:

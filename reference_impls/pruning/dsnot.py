@@ -118,10 +118,10 @@ def reconstruction_error(
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.hessian import inverse_hessian_cholesky  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.pruning.masks import nm_mask, row_mask  # noqa: E402
-from reference_impls.pruning.sparsegpt import inverse_hessian_cholesky  # noqa: E402
 from reference_impls.pruning.storage import record_sparse  # noqa: E402
 from reference_impls.pruning.structure import InputStats  # noqa: E402
 
@@ -132,7 +132,7 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
         return W.abs()
     if method == "wanda":
         return W.abs() * stats.norm.reshape(1, -1)
-    Hinv, dead = inverse_hessian_cholesky(hessian, 0.01)  # SparseGPT's w²/[U]ₖₖ², mask only
+    Hinv, dead = inverse_hessian_cholesky(hessian, damp=0.01, dtype=torch.float64)  # SparseGPT's w²/[U]ₖₖ², mask only
     return W.masked_fill(dead.reshape(1, -1), 0) ** 2 / torch.diag(Hinv).reshape(1, -1) ** 2
 
 

@@ -8,8 +8,9 @@ official code: Hessian proxy H = 2/n·Σxxᵀ, dead inputs set to H[d,d]=1 and W
 trick), N:M masks per group of M consecutive inputs chosen when the sweep reaches the group; the
 error of each pruned (and optionally quantized) column is spread onto the remaining columns of the
 block, and the block's accumulated error onto all later columns (Algorithm 1). Joint quantization
-(`bits`) uses the GPTQ grid (`minmax_params`, `fake_quantize` via `reference_impls.quantization.gptq`),
-the group's scale and zero taken when the sweep reaches the group's first column, as GPTQ does.
+(`bits`) uses GPTQ's column grid (`reference_impls.quantization.gptq.ColumnGrid`): the group's scale
+and zero taken when the sweep reaches the group's first column, the whole-row grid from the weight
+before dead columns are zeroed, as GPTQ (and the official SparseGPT code) does.
 Deviation: each adaptive block prunes exactly ⌊count·sparsity⌋ weights (the official threshold
 `<= sorted[k]` prunes one more, so 0% sparsity would still prune one weight per block).
 Not implemented: the repository's per-layer `minlayer/maxlayer` switches and the 50%-sparse-prefix
@@ -20,18 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from reference_impls.common.hessian import inverse_hessian_cholesky
 from reference_impls.pruning.masks import check_nm, check_sparsity, global_mask
-
-
-def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor of (H + λI)⁻¹ and the dead-input flags, following the official code."""
-    H = hessian.detach().clone().double()  # (in, in); float64 keeps tiny layers well conditioned
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    return Hinv.float(), dead
+from reference_impls.quantization.gptq import ColumnGrid
 
 
 def sparsegpt_prune(
@@ -56,10 +48,11 @@ def sparsegpt_prune(
             raise ValueError(f"block_size {block_size} must be a multiple of prune_m {prune_m}")
     else:
         check_sparsity(sparsity)
-    quantizer = _joint_quantizer(bits, group_size, sym) if bits else None
-
     W = weight.detach().clone().float()  # (out, in)
-    Hinv, dead = inverse_hessian_cholesky(hessian.to(W.device), damp)
+    # GPTQ's grid; without groups it is fitted here, before dead columns are zeroed, as GPTQ does
+    grid = ColumnGrid(W, bits=bits, group_size=group_size, sym=sym) if bits else None
+    Hinv, dead = inverse_hessian_cholesky(hessian.to(W.device), damp=damp, dtype=torch.float64)
+    Hinv = Hinv.float()  # float64 for the factorisation keeps tiny layers well conditioned
     W[:, dead] = 0
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -78,8 +71,8 @@ def sparsegpt_prune(
                 score = W1[:, i : i + prune_m] ** 2 / d1[i : i + prune_m].reshape(1, -1) ** 2  # (out, M)
                 mask1.scatter_(1, i + torch.topk(score, prune_n, dim=1, largest=False).indices, True)
             q = w.masked_fill(mask1[:, i], 0)
-            if quantizer is not None:
-                q = quantizer(q, i1 + i, W)
+            if grid is not None:
+                q = grid.quantize(q, i1 + i, W)
             Q1[:, i] = q
             err1 = (w - q) / Hinv1[i, i]  # (out,)
             W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
@@ -87,25 +80,6 @@ def sparsegpt_prune(
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy update of all later columns
     return W.to(weight.dtype)
-
-
-def _joint_quantizer(bits: int, group_size: int, sym: bool):
-    """Column quantizer q(column, index, W) on the GPTQ grid (shared with GPTQ and RTN); scale and
-    zero are taken from `W` (as earlier blocks left it) at the first column of each group, or once
-    from the whole W, as the official SparseGPT code does without groups."""
-    from reference_impls.quantization.gptq import fake_quantize, minmax_params
-
-    maxq = 2**bits - 1
-    state: dict = {}
-
-    def quantize_column(q: torch.Tensor, col: int, W: torch.Tensor) -> torch.Tensor:
-        if "params" not in state or (group_size > 0 and col % group_size == 0):
-            span = W if group_size <= 0 else W[:, col : col + group_size]
-            state["params"] = minmax_params(span, bits=bits, sym=sym)
-        scale, zero = state["params"]
-        return fake_quantize(q.unsqueeze(1), scale.unsqueeze(1), zero.unsqueeze(1), maxq).flatten()
-
-    return quantize_column
 
 
 # ---------------------------------------------------------------- model-level entry

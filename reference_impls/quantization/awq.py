@@ -43,6 +43,7 @@ import torch
 
 from reference_impls.common.folding import fold_is_equivalent, fold_scales
 from reference_impls.common.registry import Option, register
+from reference_impls.common.storage import group_width
 
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -103,7 +104,7 @@ def awq_clip_search(
     """Per (output row, group) clipping threshold (out, n_groups) minimising the group's partial
     output error mean_t (x_t,g · (w_g - Q(clip(w_g))))² over sampled tokens."""
     out_features, in_features = weight.shape
-    g = in_features if group_size in (-1, None) else group_size
+    g = group_width(group_size, in_features, must_divide=True)
     n_groups = in_features // g
     x = x.reshape(-1, in_features)
     x = x[:: max(1, x.shape[0] // n_sample_tokens)][:n_sample_tokens].float()  # (t, in)
@@ -129,7 +130,7 @@ def awq_clip_search(
 
 def apply_clip(weight: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch.Tensor:
     out_features, in_features = weight.shape
-    g = in_features if group_size in (-1, None) else group_size
+    g = group_width(group_size, in_features, must_divide=True)
     w = weight.reshape(out_features, -1, g)
     m = max_val[..., None]
     return torch.clamp(w, -m, m).reshape(out_features, in_features)

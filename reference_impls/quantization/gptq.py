@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from reference_impls.common.hessian import add_damping, inverse_upper_cholesky, mark_dead_inputs
 from reference_impls.common.registry import Option, register
-from reference_impls.common.storage import n_groups, quantized_bits
+from reference_impls.common.storage import group_width, n_groups, quantized_bits
 from reference_impls.quantization.rtn import fake_quantize, minmax_params
 
 SUB_BLOCK = 16  # columns per inner lazy batch inside a block of `block_size`
@@ -42,11 +43,32 @@ class GPTQResult:
     loss: float  # Σ (w - q)² / [U]_qq² / 2, the official code's error estimate
 
 
-def _inverse_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
-    """Upper-triangular U with UᵀU = H⁻¹: row q of U holds the update direction of Algorithm 1."""
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True)
+class ColumnGrid:
+    """The grid of the column GPTQ's sweep is at (shared with SparseGPT's joint quantization).
+
+    Without groups: one grid per row from the whole original weight (the official code fits it
+    before zeroing dead columns). With groups: a grid fitted when the sweep reaches a group's first
+    column, from `W` as the previous blocks left it (the official code reads W, not the in-block
+    working copy); consecutive in the sweep's (possibly permuted) order."""
+
+    def __init__(self, weight: torch.Tensor, *, bits: int, group_size: int, sym: bool):
+        self.bits, self.sym, self.maxq = bits, sym, 2**bits - 1
+        self.width = group_width(group_size, weight.shape[1])
+        self.grouped = self.width < weight.shape[1]
+        self.scale, self.zero = minmax_params(weight, bits=bits, sym=sym)  # (out,)
+        self.scales, self.zeros = ([], []) if self.grouped else ([self.scale], [self.zero])
+
+    def at(self, col: int, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) of column `col`, W (out, in) in the sweep's column order."""
+        if self.grouped and col % self.width == 0:
+            self.scale, self.zero = minmax_params(W[:, col : col + self.width], bits=self.bits, sym=self.sym)
+            self.scales.append(self.scale)
+            self.zeros.append(self.zero)
+        return self.scale, self.zero
+
+    def quantize(self, w: torch.Tensor, col: int, W: torch.Tensor) -> torch.Tensor:
+        """The de-quantized column w (out,) on the grid of column `col`."""
+        return fake_quantize(w, *self.at(col, W), self.maxq)
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False,
@@ -57,29 +79,22 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     W = weight.to(dtype).clone()  # (out, in)
     H = hessian.to(dtype).clone()  # (in, in)
     n_out, n_in = W.shape
-    maxq = 2**bits - 1
-    grouped = group_size not in (-1, 0) and group_size < n_in
-    gs = group_size if grouped else n_in
-
-    # The official code fits the whole-row grid before zeroing dead columns.
-    row_scale, row_zero = minmax_params(W, bits=bits, sym=sym)  # (out,)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    grid = ColumnGrid(W, bits=bits, group_size=group_size, sym=sym)  # whole-row grid before dead columns
+    gs = grid.width
+    dead = mark_dead_inputs(H)
     W[:, dead] = 0
-    if grouped and static_groups:
+    if grid.grouped and static_groups:
         static = [minmax_params(W[:, i : i + gs], bits=bits, sym=sym) for i in range(0, n_in, gs)]
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in, device=W.device)
     if act_order:
         W, H = W[:, perm], H[perm][:, perm]
 
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    U = _inverse_upper_cholesky(H)  # (in, in)
+    add_damping(H, damp)
+    U = inverse_upper_cholesky(H)  # (in, in)
 
     Q = torch.zeros_like(W)
     losses = torch.zeros(n_out, dtype=dtype, device=W.device)
-    scale, zero = row_scale, row_zero
-    scales, zeros = [], []
     perm_list = perm.tolist()
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
@@ -91,15 +106,11 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
             s2 = min(s1 + SUB_BLOCK, i2 - i1)
             for i in range(s1, s2):
                 col = i1 + i
-                if grouped and static_groups:
-                    scale, zero = static[perm_list[col] // gs]
-                elif grouped and col % gs == 0:
-                    # From W, which holds the updates of finished blocks but not this block's.
-                    scale, zero = minmax_params(W[:, col : col + gs], bits=bits, sym=sym)
-                    scales.append(scale)
-                    zeros.append(zero)
                 w = W1[:, i]  # (out,)
-                q = fake_quantize(w, scale, zero, maxq)
+                if grid.grouped and static_groups:
+                    q = fake_quantize(w, *static[perm_list[col] // gs], grid.maxq)
+                else:
+                    q = grid.quantize(w, col, W)  # from W: finished blocks' updates, not this block's
                 Q1[:, i] = q
                 err = (w - q) / U1[i, i]  # (out,)
                 W1[:, i:s2].addr_(err, U1[i, i:s2], alpha=-1)  # Algorithm 1: w_{q:} -= err · U_{q,q:}
@@ -111,14 +122,13 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
         Q[:, i1:i2] = Q1
         W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # the lazy batch update of later columns
 
-    if grouped and static_groups:
-        scales = [s for s, _ in static]
-        zeros = [z for _, z in static]
+    scales, zeros = grid.scales, grid.zeros
+    if grid.grouped and static_groups:
+        scales, zeros = [s for s, _ in static], [z for _, z in static]
         g_idx = perm // gs  # static grids belong to original column ranges
-    elif grouped:
+    elif grid.grouped:
         g_idx = torch.arange(n_in, device=W.device) // gs  # consecutive in the (permuted) loop order
     else:
-        scales, zeros = [row_scale], [row_zero]
         g_idx = torch.zeros(n_in, dtype=torch.long, device=W.device)
     if act_order:
         inv = torch.argsort(perm)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.common.registry import Option, register
+from reference_impls.common.storage import group_width
 
 
 @dataclass
@@ -67,9 +68,7 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 def _groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     out_features, in_features = weight.shape
-    g = in_features if group_size in (-1, None) else group_size
-    if in_features % g:
-        raise ValueError(f"in_features {in_features} is not a multiple of group_size {g}")
+    g = group_width(group_size, in_features, must_divide=True)
     return weight.reshape(out_features, in_features // g, g)  # (out, n_groups, g)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from reference_impls.common.registry import Option, register
+from reference_impls.common.storage import group_width
 
 
 def minmax_params(w: torch.Tensor, *, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,7 @@ class QuantizedWeight:
 
 
 def group_starts(in_features: int, group_size: int) -> range:
-    return range(0, in_features, in_features if group_size in (-1, 0) else group_size)
+    return range(0, in_features, group_width(group_size, in_features))
 
 
 def rtn(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False) -> QuantizedWeight:
@@ -74,8 +75,9 @@ def rtn(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool 
     out = torch.empty_like(w)
     scales, zeros = [], []
     g_idx = torch.empty(w.shape[1], dtype=torch.long, device=w.device)
+    width = group_width(group_size, w.shape[1])  # a last group may be shorter
     for g, i1 in enumerate(group_starts(w.shape[1], group_size)):
-        i2 = min(i1 + (w.shape[1] if group_size in (-1, 0) else group_size), w.shape[1])
+        i2 = min(i1 + width, w.shape[1])
         scale, zero = minmax_params(w[:, i1:i2], bits=bits, sym=sym)  # (out,)
         out[:, i1:i2] = fake_quantize(w[:, i1:i2], scale[:, None], zero[:, None], maxq)
         scales.append(scale)

@@ -36,13 +36,14 @@ from torch import nn
 
 from reference_impls.common.fake_quant import FakeQuantLinear, swap_linears
 from reference_impls.common.registry import Option, register
+from reference_impls.common.storage import group_width
 
 
 # ---------------------------------------------------------------- pure core
 def groupwise_quantize(weight: torch.Tensor, *, bits: int = 8, group_size: int = 64) -> torch.Tensor:
     """Symmetric absmax quantization with one scale per group of `group_size` inputs of a row."""
     out_features, in_features = weight.shape
-    g = in_features if group_size in (-1, None) else group_size
+    g = group_width(group_size, in_features)
     qmax = 2 ** (bits - 1) - 1
     pad = (-in_features) % g  # a short last group: zero padding leaves its absmax unchanged
     w = nn.functional.pad(weight.float(), (0, pad)).reshape(out_features, -1, g)  # (out, n_groups, g)
