@@ -31,6 +31,9 @@ class InputGroup:
 
     prev: str | None
     linears: tuple[str, ...]
+    # the module whose output scores this group's scale (AWQ); None: the innermost module holding
+    # all of `linears` (q/k/v -> attention, gate/up -> MLP, a lone linear -> itself)
+    inspect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ _GPT2 = Adapter(
     blocks_path="transformer.h",
     linear_names=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
     input_groups=(
-        InputGroup("ln_1", ("attn.c_attn",)),
+        InputGroup("ln_1", ("attn.c_attn",), inspect="attn"),  # fused q/k/v: the attention output
         InputGroup(None, ("attn.c_proj",)),  # c_attn's output mixes q, k, v: no clean fold
         InputGroup("ln_2", ("mlp.c_fc",)),
         InputGroup(None, ("mlp.c_proj",)),

@@ -11,15 +11,18 @@ rounding error of salient channels. The scales are searched on a grid (eq. 5):
     s = s_X^α,  s_X = mean_t |X_t,:| (the average activation magnitude per channel),
     α* = argmin_{α ∈ {0, 1/20, ..., 19/20}} ‖f(W, X) - f(Q(W·diag(s))·diag(s)⁻¹, X)‖²,
 
-with s normalised by sqrt(max(s)·min(s)) as in the official code, where f is the transformer block
-the linears belong to. diag(s)⁻¹ is folded into the operator that produces X (the preceding
+with s normalised by sqrt(max(s)·min(s)) as in the official code, where f is the module whose output
+the official `auto_scale_block` inspects for that group: the self-attention module for the norm ->
+q/k/v scale, o_proj itself for v -> o, the MLP for the norm -> gate/up scale, down_proj itself for
+up -> down (in general the innermost module holding the group's linears, or the adapter's
+`InputGroup.inspect`), run on the arguments it received in the full-precision block. diag(s)⁻¹ is folded into the operator that produces X (the preceding
 norm, or the preceding linear's output rows). Then a clipping search per linear and per group picks
 the weight range max|w|·(1 - i/20), i < 10, that minimises the group's output error on a sample of
 512 calibration tokens (skipped for q/k, whose errors the softmax amplifies, as in the official code).
 
 Implemented: the pure core (`awq_search_scale`, `awq_clip_search`, `awq_quantize` for one linear) and
-a model-level entry running, per block of the shared layer walk: scale search on the block's output
-for every input group whose producer can absorb the scale (norm -> q/k/v, norm -> gate/up,
+a model-level entry running, per block of the shared layer walk: scale search on the inspected
+module's output for every input group whose producer can absorb the scale (norm -> q/k/v, norm -> gate/up,
 up -> down, and v -> o when their shapes match, i.e. no grouped-query attention), folding, clipping,
 then round-to-nearest on the project's grid (asymmetric min-max, group 128 by default). Before
 folding, each group's fold is checked to leave the block's output unchanged (it does not in post-LN
@@ -175,44 +178,82 @@ def awq_quantize(
 
 
 # ---------------------------------------------------------------- model level
+def inspected_module(group) -> str:
+    """Dotted name (inside the block) of the module whose output scores a group's scale, as in the
+    official `auto_scale_block`: the adapter's `inspect` when set, else the innermost module holding
+    all the group's linears (q/k/v -> the attention, gate/up -> the MLP, a lone linear -> itself)."""
+    if group.inspect is not None:
+        return group.inspect
+    common = []
+    for parts in zip(*(n.split(".") for n in group.linears), strict=False):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)  # "" is the whole block
+
+
+@torch.no_grad()
+def capture_calls(bctx, names: list[str], k: int) -> dict[str, list[tuple[tuple, dict]]]:
+    """The positional and keyword arguments each named module receives on the first k batches."""
+    calls: dict[str, list] = {n: [] for n in names}
+    hooks = [
+        bctx.block.get_submodule(n).register_forward_pre_hook(
+            lambda _m, args, kw, n=n: calls[n].append((args, kw)), with_kwargs=True
+        )
+        for n in names
+        if n
+    ]
+    try:
+        for x, kw in zip(bctx.inputs[:k], bctx.kwargs[:k], strict=True):
+            bctx.block(x, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    if "" in calls:  # the whole block: its own inputs
+        calls[""] = [((x,), kw) for x, kw in zip(bctx.inputs[:k], bctx.kwargs[:k], strict=True)]
+    return calls
+
+
 def awq_block(
     bctx, *, bits: int, group_size: int, sym: bool, n_grid: int, clip: bool, search_samples: int
 ) -> dict[str, float]:
-    """Scale search, folding, clipping and quantization of one block (BlockContext with act_mean_abs)."""
+    """Scale search, folding, clipping and quantization of one block (BlockContext with act_mean_abs).
+
+    Each group's α is scored on the output of its inspected module (`inspected_module`), run on the
+    arguments it received in the full-precision block, over the first `search_samples` sequences."""
     quantize = rtn_quantizer(bits=bits, group_size=group_size, sym=sym)
     n_seq, k = 0, 0
     while k < len(bctx.inputs) and n_seq < search_samples:
         n_seq += bctx.inputs[k].shape[0]
         k += 1
+    groups = [g for g in bctx.adapter.input_groups if fold_is_equivalent(bctx, g)]
+    calls = capture_calls(bctx, sorted({inspected_module(g) for g in groups}), k)
 
-    def run_subset() -> list[torch.Tensor]:  # per batch: encoder batches differ in length
-        with torch.no_grad():
-            outs = [bctx.block(x, **kw) for x, kw in zip(bctx.inputs[:k], bctx.kwargs[:k], strict=True)]
+    @torch.no_grad()
+    def run(scope: str) -> list[torch.Tensor]:  # per batch: encoder batches differ in length
+        module = bctx.block.get_submodule(scope) if scope else bctx.block
+        outs = [module(*args, **kw) for args, kw in calls[scope]]
         return [(o[0] if isinstance(o, tuple) else o).float() for o in outs]
-
-    reference = run_subset()
-    n_ref = sum(r.numel() for r in reference)
-
-    def output_error() -> float:
-        return sum((o - r).pow(2).sum().item() for o, r in zip(run_subset(), reference, strict=True)) / n_ref
 
     alphas = {}
     searches = []
-    for group in bctx.adapter.input_groups:
-        if not fold_is_equivalent(bctx, group):
-            continue
+    for group in groups:
+        scope = inspected_module(group)
+        reference = run(scope)
+        n_ref = sum(r.numel() for r in reference)
         originals = [bctx.weight(n) for n in group.linears]
 
-        def block_error(effective, names=group.linears, originals=originals):
+        def scope_error(effective, names=group.linears, originals=originals, scope=scope, reference=reference,
+                        n_ref=n_ref):  # fmt: skip
             for n, w in zip(names, effective, strict=True):
                 bctx.set_weight(n, w)
-            err = output_error()
+            err = sum((o - r).pow(2).sum().item() for o, r in zip(run(scope), reference, strict=True)) / n_ref
             for n, w in zip(names, originals, strict=True):
                 bctx.set_weight(n, w)
             return err
 
         act = bctx.stats[group.linears[0]].act_mean_abs
-        result = awq_search_scale(originals, act, block_error, quantize=quantize, n_grid=n_grid)
+        result = awq_search_scale(originals, act, scope_error, quantize=quantize, n_grid=n_grid)
         searches.append((group, result.scales))
         alphas[group.linears[0]] = result.alpha
     for group, s in searches:  # all scales come from the unscaled block, then are applied together
@@ -237,7 +278,7 @@ def awq_block(
     family="quantization",
     papers=["awq"],
     fidelity="exact",
-    summary="Activation-aware per-channel scaling searched on block output, clipping, then RTN",
+    summary="Activation-aware per-channel scaling searched on each group's module output, clipping, then RTN",
     options={
         "bits": Option(4, "bits per weight", choices=(2, 3, 4, 8)),
         "group_size": Option(128, "weights per quantization group along the input (-1 = whole row)"),
