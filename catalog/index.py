@@ -25,7 +25,6 @@ import importlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -140,11 +139,9 @@ def embed_precision() -> str:
     forced = os.environ.get("ATLAS_EMBED_PRECISION")
     if forced in ("fp32", "bf16"):
         return forced
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "fp32"
-    return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "fp32"
+    from reference_impls.common.hardware import native_bf16  # reads /proc/cpuinfo, imports no torch
+
+    return "bf16" if native_bf16() else "fp32"
 
 
 def embed_texts(texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
