@@ -346,12 +346,13 @@ def default_cache() -> DynamicCache:
     return DynamicCache()
 
 
-def measure_on_heldout(ctx, policy: KVPolicy, *, windows: int = 4, prefill: int = 64,
+def measure_on_heldout(ctx, policy: KVPolicy, *, windows: int = 4, prefill: int = 128,
                        new_tokens: int = 128) -> dict:
     """`measure_cache` on the project's held-out windows (a method's model-level entry calls this).
 
     Prompts are the first `prefill` tokens of `windows` held-out windows; the same windows, whole,
-    are the teacher-forced text.
+    are the teacher-forced text. The defaults fill the causal LM's 256-token context (128 + 128), so
+    budgets of 64 and 128 are the issue's 25% and 50% of the context.
     """
     from reference_impls.common.data import heldout_windows
 

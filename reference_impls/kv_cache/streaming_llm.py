@@ -55,10 +55,10 @@ class StreamingPolicy(KVPolicy):
         "position_shift": Option(True, "positions inside the cache, as the official code "
                                           "(false: text positions)"),
         "windows": Option(4, "held-out windows measured (batch)"),
-        "prefill": Option(64, "prompt tokens before generation / teacher forcing"),
+        "prefill": Option(128, "prompt tokens before generation / teacher forcing"),
         "new_tokens": Option(128, "tokens generated per prompt"),
     },
-    bench=[{"budget": 32}, {"budget": 64}, {"budget": 64, "position_shift": False}],
+    bench=[{"budget": 64}, {"budget": 128}, {"budget": 64, "position_shift": False}],
     bench_models=("causal",),
 )
 def run_streaming_llm(ctx, *, budget, n_sink, position_shift, windows, prefill, new_tokens) -> dict:
