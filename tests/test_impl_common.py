@@ -67,7 +67,7 @@ def test_walk_statistics_match_a_full_forward(arch, edit):
     def process(ctx):
         for name, s in ctx.stats.items():
             stats[f"{ctx.index}.{name}"] = (s.n_tokens, s.hessian.clone(), s.input_norm.clone(), s.act_max.clone(),
-                                            s.act_mean_abs.clone())
+                                            s.act_mean_abs.clone(), s.act_mean.clone(), s.act_var.clone())
         if edit is not None:
             edit(ctx)
 
@@ -75,7 +75,7 @@ def test_walk_statistics_match_a_full_forward(arch, edit):
     oracle = full_forward_inputs(model, adapter, batches)
     assert set(stats) == set(oracle)
     for key, x in oracle.items():
-        n, hessian, norm, amax, mean_abs = stats[key]
+        n, hessian, norm, amax, mean_abs, mean, var = stats[key]
         if edit is not None and key.startswith("0."):
             continue  # block 0's statistics were taken before the edit
         assert n == x.shape[0]
@@ -83,6 +83,19 @@ def test_walk_statistics_match_a_full_forward(arch, edit):
         torch.testing.assert_close(norm, x.norm(dim=0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(amax, x.abs().amax(0))
         torch.testing.assert_close(mean_abs, x.abs().mean(0), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(mean, x.double().mean(0).float(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(var, x.double().var(0).float(), rtol=1e-4, atol=1e-6)
+
+
+def test_running_moments_are_numerically_sound():
+    # a large offset and uneven batches: a float32 Σx² - (Σx)²/n would lose every digit of the variance
+    g = torch.Generator().manual_seed(0)
+    x = 1e4 + torch.randn(1000, 6, generator=g)
+    s = layerwise.LinearStats(6, frozenset({"act_mean", "act_var"}), torch.device("cpu"))
+    for chunk in torch.split(x, [1, 7, 300, 2, 690]):
+        s.add(chunk)
+    torch.testing.assert_close(s.act_mean, x.double().mean(0).float())
+    torch.testing.assert_close(s.act_var.double(), x.double().var(0), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

@@ -14,7 +14,10 @@ before it. Statistics per linear (input dimension `in`, over the n calibration t
   to the scale of H, since damping is relative to its mean diagonal);
 - `input_norm`: ‖X[:, j]‖₂, (in,) (Wanda's activation norm);
 - `act_max`: max |X[:, j]|, (in,) (SmoothQuant);
-- `act_mean_abs`: mean |X[:, j]|, (in,) (AWQ's activation salience).
+- `act_mean_abs`: mean |X[:, j]|, (in,) (AWQ's activation salience);
+- `act_mean`, `act_var`: mean and unbiased variance (n - 1) of X[:, j], (in,) (FLAP's fluctuation,
+  its bias compensation, DSnoT's expected error), merged batch by batch in float64 with Chan et al.'s
+  pairwise update, so no large sum of squares is ever subtracted.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 
 from reference_impls.common.adapters import Adapter, get_weight, set_weight
 
-STAT_NAMES = ("hessian", "input_norm", "act_max", "act_mean_abs")
+STAT_NAMES = ("hessian", "input_norm", "act_max", "act_mean_abs", "act_mean", "act_var")
 
 
 class _StopForward(Exception):
@@ -47,6 +50,8 @@ class LinearStats:
     sq_sum: torch.Tensor | None = None
     act_max: torch.Tensor | None = None
     abs_sum: torch.Tensor | None = None
+    mean64: torch.Tensor | None = None  # running mean, float64
+    m2: torch.Tensor | None = None  # running Σ (x - mean)², float64
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, self.in_features).float()  # (m, in)
@@ -66,7 +71,19 @@ class LinearStats:
         if "act_mean_abs" in self.want:
             ab = x.abs().sum(0)
             self.abs_sum = ab if self.abs_sum is None else self.abs_sum + ab
+        if self.want & {"act_mean", "act_var"}:
+            self._add_moments(x.double(), m)
         self.n_tokens = n_new
+
+    def _add_moments(self, x: torch.Tensor, m: int) -> None:
+        mean, m2 = x.mean(0), (x - x.mean(0)).pow(2).sum(0)  # this batch's moments, (in,)
+        if self.mean64 is None:
+            self.mean64, self.m2 = mean, m2
+            return
+        n_new = self.n_tokens + m
+        delta = mean - self.mean64
+        self.mean64 = self.mean64 + delta * (m / n_new)
+        self.m2 = self.m2 + m2 + delta.pow(2) * (self.n_tokens * m / n_new)
 
     @property
     def input_norm(self) -> torch.Tensor:
@@ -75,6 +92,14 @@ class LinearStats:
     @property
     def act_mean_abs(self) -> torch.Tensor:
         return self.abs_sum / self.n_tokens
+
+    @property
+    def act_mean(self) -> torch.Tensor:
+        return self.mean64.float()
+
+    @property
+    def act_var(self) -> torch.Tensor:
+        return (self.m2 / max(self.n_tokens - 1, 1)).float()
 
 
 def _first_tensor(out):

@@ -123,7 +123,6 @@ from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.pruning.masks import nm_mask, row_mask  # noqa: E402
 from reference_impls.pruning.storage import record_sparse  # noqa: E402
-from reference_impls.pruning.structure import InputStats  # noqa: E402
 
 
 def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | None) -> torch.Tensor:
@@ -131,7 +130,7 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
     if method == "magnitude":
         return W.abs()
     if method == "wanda":
-        return W.abs() * stats.norm.reshape(1, -1)
+        return W.abs() * stats.input_norm.reshape(1, -1)
     Hinv, dead = inverse_hessian_cholesky(hessian, damp=0.01, dtype=torch.float64)  # SparseGPT's w²/[U]ₖₖ², mask only
     return W.masked_fill(dead.reshape(1, -1), 0) ** 2 / torch.diag(Hinv).reshape(1, -1) ** 2
 
@@ -157,23 +156,20 @@ def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_th
     error_ratio = []
 
     def process(block):
-        raw = block.linear_inputs(list(block.linears))
         for name in block.linears:
-            stats = InputStats()
-            for x in raw[name]:
-                stats(x)
+            stats = block.stats[name]  # layerwise.LinearStats
             W = block.weight(name)
-            hessian = block.stats[name].hessian if initial == "sparsegpt" else None
+            hessian = stats.hessian if initial == "sparsegpt" else None
             score = initial_score(initial, W, stats, hessian)
             mask = nm_mask(score, prune_n, prune_m) if prune_n else row_mask(score, sparsity)
             if not (skip_mlp and name.startswith("mlp")):
-                start = reconstruction_error(W, mask, stats.mean).sum()
+                start = reconstruction_error(W, mask, stats.act_mean).sum()
                 mask = dsnot_refine(
-                    W, mask, stats.mean, stats.var, stats.norm, initial_score=score, prune_n=prune_n,
+                    W, mask, stats.act_mean, stats.act_var, stats.input_norm, initial_score=score, prune_n=prune_n,
                     prune_m=prune_m, max_cycles=max_cycles, update_threshold=update_threshold, var_power=var_power,
                 )  # fmt: skip
                 error_ratio.append(
-                    float(reconstruction_error(W, mask, stats.mean).sum() / start.clamp_min(1e-12))
+                    float(reconstruction_error(W, mask, stats.act_mean).sum() / start.clamp_min(1e-12))
                 )
             new = W.masked_fill(mask, 0)
             block.set_weight(name, new)
@@ -181,7 +177,8 @@ def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_th
             pruned[full] = new
             formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m)
 
-    ctx.walk(process, stats=("hessian",) if initial == "sparsegpt" else ())
+    moments = ("input_norm", "act_mean", "act_var")
+    ctx.walk(process, stats=moments + (("hessian",) if initial == "sparsegpt" else ()))
     out = pruned_summary(ctx, pruned, formats)
     if error_ratio:  # mean-output error after / before refinement, averaged over refined layers
         out["mean_error_ratio"] = sum(error_ratio) / len(error_ratio)

@@ -102,7 +102,7 @@ def flap_prune_layer(layer, attn_keep: torch.Tensor, mlp_keep: torch.Tensor, att
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
-from reference_impls.pruning.structure import InputStats, count_params, decoder_layers  # noqa: E402
+from reference_impls.pruning.structure import count_params, decoder_layers  # noqa: E402
 
 
 def record_structured(ctx, dense_shapes: dict[str, int]) -> None:
@@ -139,22 +139,17 @@ def run_flap(ctx, *, pruning_ratio: float) -> dict:
     attn_scores, mlp_scores, attn_means, mlp_means = [], [], [], []
 
     def measure(block):  # statistics only: the walk leaves every block dense
-        raw = block.linear_inputs(["self_attn.o_proj", "mlp.down_proj"])
-        stats = {}
-        for name, xs in raw.items():
-            stats[name] = InputStats()
-            for x in xs:
-                stats[name](x)
+        stats = block.stats  # layerwise.LinearStats of every linear: mean and unbiased variance
         attn = block.block.self_attn
         n_kv, q_per_kv, hd = kv_groups(attn)
         attn_scores.append(
-            group_scores(wifv(attn.o_proj.weight.data, stats["self_attn.o_proj"].var), n_kv, q_per_kv, hd)
+            group_scores(wifv(attn.o_proj.weight.data, stats["self_attn.o_proj"].act_var), n_kv, q_per_kv, hd)
         )
-        mlp_scores.append(wifv(block.block.mlp.down_proj.weight.data, stats["mlp.down_proj"].var))
-        attn_means.append(stats["self_attn.o_proj"].mean)
-        mlp_means.append(stats["mlp.down_proj"].mean)
+        mlp_scores.append(wifv(block.block.mlp.down_proj.weight.data, stats["mlp.down_proj"].act_var))
+        attn_means.append(stats["self_attn.o_proj"].act_mean)
+        mlp_means.append(stats["mlp.down_proj"].act_mean)
 
-    ctx.walk(measure, stats=())
+    ctx.walk(measure, stats=("act_mean", "act_var"))
     attn0 = layers[0].self_attn
     n_kv, q_per_kv, hd = kv_groups(attn0)
     hidden = attn0.q_proj.in_features

@@ -10,7 +10,7 @@ and value head and `num_key_value_groups` stays valid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -111,49 +111,3 @@ def model_inputs(model: nn.Module, batch) -> dict:
     if adapter_for(model).causal:
         feed["use_cache"] = False
     return feed
-
-
-@torch.no_grad()
-def run_with_hooks(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]],
-) -> None:
-    """Run `model` on token batches, calling hook(input, output) of each module on every batch."""
-    handles = [m.register_forward_hook(lambda _m, a, out, fn=fn: fn(a[0], out)) for m, fn in hooks.items()]
-    try:
-        for batch in batches:
-            model(**model_inputs(model, batch))
-    finally:
-        for h in handles:
-            h.remove()
-
-
-class InputStats:
-    """Running per-feature mean, variance and squared norm of a module's input over tokens."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sum: torch.Tensor | None = None
-        self.sumsq: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor, _out: torch.Tensor = None) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()  # (tokens, features)
-        if self.sum is None:
-            self.sum, self.sumsq = x.sum(0), (x * x).sum(0)
-        else:
-            self.sum += x.sum(0)
-            self.sumsq += (x * x).sum(0)
-        self.n += x.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return (self.sum / self.n).float()
-
-    @property
-    def var(self) -> torch.Tensor:  # unbiased, as FLAP's running estimate
-        return ((self.sumsq - self.sum**2 / self.n) / max(self.n - 1, 1)).clamp_min(0).float()
-
-    @property
-    def norm(self) -> torch.Tensor:
-        return self.sumsq.sqrt().float()
