@@ -142,9 +142,14 @@ def test_storage_arithmetic_by_hand():
     # 4-bit, groups of 128, asymmetric: 4 + (16-bit scale + 4-bit zero) / 128 = 4.15625 bits per weight
     assert storage.quantized_bits(4096, 4096, bits=4, group_size=128) / 4096**2 == pytest.approx(4.15625)
     assert storage.quantized_bits(10, 300, bits=3, group_size=128, sym=True) == 10 * 300 * 3 + 10 * 3 * 16
-    # 2:4 sparsity: half the values at 16 bits, C(4,2)=6 patterns -> 3 bits per group of 4
-    assert storage.sparse_bits(8, 16, nonzeros=64, prune_n=2, prune_m=4) == 64 * 16 + 32 * 3
-    assert storage.sparse_bits(8, 16, nonzeros=64) == 64 * 16 + 128
+    # a 2:4-sparse 8x16 matrix, stored as encoded: half the values at 16 bits, plus 2 bits of position
+    # per kept value (N:M), or a 1-bit mask per weight (bitmask; the same size here, N:M wins the tie)
+    w = torch.arange(1.0, 129.0).reshape(8, 16) * torch.tensor([1.0, 0.0, 1.0, 0.0]).repeat(4)
+    ledger = storage.StorageLedger()
+    assert ledger.add_sparse("nm", w, prune_n=2, prune_m=4) == "2:4"
+    assert ledger.add_sparse("mask", w) == "bitmask"
+    assert ledger.layers == {"nm": (128, 64 * 16 + 64 * 2), "mask": (128, 64 * 16 + 128)}
+    assert ledger.add_sparse("dense", torch.ones(8, 16)) == "dense" and ledger.layers["dense"] == (128, 128 * 16)
     ledger = storage.StorageLedger()
     ledger.add_quantized("a", 4, 8, bits=8)
     assert ledger.bits_per_weight() == pytest.approx(8 + 24 / 8)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reference_impls.common.pruning import row_mask
 from reference_impls.pruning.dsnot import dsnot_refine, reconstruction_error
-from reference_impls.pruning.masks import row_mask
 from reference_impls.pruning.owl import outlier_ratio, owl_sparsities
 from reference_impls.pruning.ria import heuristic_permutation, retained_score, ria_mask, ria_prune, ria_score
 
@@ -74,7 +74,7 @@ def test_dsnot_keeps_row_sparsity_and_reduces_mean_error():
 def test_dsnot_nm_keeps_pattern_and_error_sign():
     _, mean, var, norm = _stats(4)
     W = torch.randn(32, 64, generator=torch.Generator().manual_seed(5))
-    from reference_impls.pruning.masks import nm_mask
+    from reference_impls.common.pruning import nm_mask
 
     score = W.abs() * norm
     start = nm_mask(score, 2, 4)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.pruning.magnitude import magnitude_prune
-from reference_impls.pruning.storage import (
+from reference_impls.common.sparse_storage import (
     best_encoding,
     decode_bitmask,
     decode_csr,
@@ -15,6 +14,7 @@ from reference_impls.pruning.storage import (
     encode_csr,
     encode_nm,
 )
+from reference_impls.pruning.magnitude import magnitude_prune
 
 
 def weight(rows=32, cols=64, seed=0):

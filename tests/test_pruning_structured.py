@@ -7,6 +7,7 @@ import copy
 import torch
 
 from reference_impls.common.models import tiny_model
+from reference_impls.pruning._structure import count_params
 from reference_impls.pruning.shortgpt import (
     block_influence,
     layers_to_remove,
@@ -14,7 +15,6 @@ from reference_impls.pruning.shortgpt import (
     shortgpt_prune,
 )
 from reference_impls.pruning.slicegpt import fuse_norms, slicegpt_prune
-from reference_impls.pruning.structure import count_params
 
 
 def llama(seed=0, layers=2):

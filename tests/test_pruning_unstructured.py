@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reference_impls.common.pruning import row_mask
 from reference_impls.pruning.magnitude import magnitude_prune, model_magnitude_masks
-from reference_impls.pruning.masks import row_mask
 from reference_impls.pruning.sparsegpt import sparsegpt_prune
 from reference_impls.pruning.wanda import wanda_prune
 

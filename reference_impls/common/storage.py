@@ -4,8 +4,8 @@ Conventions (stated once so every method counts the same way):
 - an uncompressed weight costs 16 bits (fp16/bf16 storage, the baseline every paper compares to);
 - a quantized weight costs `bits`; each quantization group stores a 16-bit scale per output row,
   plus a `bits`-bit integer zero point when asymmetric (symmetric grids have a fixed zero);
-- a sparse matrix stores its kept values at their own bit width plus its mask: 1 bit per position
-  for an unstructured bitmap, ceil(log2(C(M, N))) bits per group of M for an N:M pattern;
+- a sparse matrix stores its kept values at their own bit width plus the arrays of its smallest real
+  encoding (bitmask, CSR, or N:M position metadata; `sparse_storage`), counted as encoded;
 - `bits_per_weight` is over the compressed layers' weights (the figure papers quote, e.g. 4-bit
   g128 ≈ 4.16); `model_bits_per_param` spreads everything, embeddings and norms at 16 bits, over all
   parameters.
@@ -43,17 +43,6 @@ def quantized_bits(out_features: int, in_features: int, *, bits: int, group_size
     return out_features * in_features * bits + overhead
 
 
-def sparse_bits(out_features: int, in_features: int, *, nonzeros: int, value_bits: int = DENSE_BITS,
-                prune_n: int = 0, prune_m: int = 0) -> int:
-    """Bits for a pruned matrix: kept values plus a bitmap, or N:M index metadata."""
-    numel = out_features * in_features
-    if prune_n and prune_m:
-        mask_bits = math.ceil(numel / prune_m) * math.ceil(math.log2(math.comb(prune_m, prune_n)))
-    else:
-        mask_bits = numel
-    return nonzeros * value_bits + mask_bits
-
-
 @dataclass
 class StorageLedger:
     """Per-layer record of what each compressed matrix costs; methods add one entry per layer."""
@@ -68,11 +57,23 @@ class StorageLedger:
         self.add(name, out_features * in_features,
                  quantized_bits(out_features, in_features, bits=bits, group_size=group_size, sym=sym))
 
-    def add_sparse(self, name: str, out_features: int, in_features: int, *, nonzeros: int,
-                   value_bits: int = DENSE_BITS, prune_n: int = 0, prune_m: int = 0) -> None:
-        self.add(name, out_features * in_features,
-                 sparse_bits(out_features, in_features, nonzeros=nonzeros, value_bits=value_bits,
-                             prune_n=prune_n, prune_m=prune_m))
+    def add_sparse(self, name: str, weight, *, prune_n: int = 0, prune_m: int = 0, perm=None,
+                   value_bits: int = DENSE_BITS, extra_bits: int = 0) -> str:
+        """Record the real storage of a pruned (out, in) matrix; returns the format chosen.
+
+        The smallest encoding of `sparse_storage` (bitmask, CSR, or N:M when `prune_n` is set, with
+        an optional input permutation `perm`), its mask/index arrays counted as encoded; kept values
+        at `value_bits` each (16, or a quantizer's bit width, whose scales and zeros come in as
+        `extra_bits`); dense storage when no encoding is smaller."""
+        from reference_impls.common.sparse_storage import best_encoding
+
+        enc = best_encoding(weight, nm=(prune_n, prune_m) if prune_n else None, perm=perm)
+        if enc is None:
+            self.add(name, weight.numel(), weight.numel() * value_bits + extra_bits)
+            return "dense"
+        values = enc.arrays["values"]
+        self.add(name, weight.numel(), enc.bits - values.nbytes * 8 + values.size * value_bits + extra_bits)
+        return enc.format
 
     @property
     def n_weights(self) -> int:

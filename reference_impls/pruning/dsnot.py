@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_impls.pruning.masks import check_nm
+from reference_impls.common.pruning import check_nm
 
 _NONE = torch.iinfo(torch.long).max
 
@@ -119,10 +119,8 @@ def reconstruction_error(
 
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.hessian import inverse_hessian_cholesky  # noqa: E402
+from reference_impls.common.pruning import SPARSITY_OPTIONS, nm_mask, pruned_summary, row_mask  # noqa: E402  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
-from reference_impls.pruning.masks import nm_mask, row_mask  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
 
 def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | None) -> torch.Tensor:
@@ -175,7 +173,7 @@ def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_th
             block.set_weight(name, new)
             full = f"{block.name}.{name}"
             pruned[full] = new
-            formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m)
+            formats[full] = ctx.ledger.add_sparse(full, new, prune_n=prune_n, prune_m=prune_m)
 
     moments = ("input_norm", "act_mean", "act_var")
     ctx.walk(process, stats=moments + (("hessian",) if initial == "sparsegpt" else ()))

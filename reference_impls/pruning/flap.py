@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_impls.pruning.structure import (
+from reference_impls.pruning._structure import (
     add_output_bias,
     keep_attention_groups,
     keep_mlp_channels,
@@ -100,25 +100,10 @@ def flap_prune_layer(layer, attn_keep: torch.Tensor, mlp_keep: torch.Tensor, att
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import dense_linear_sizes, record_structured  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
-from reference_impls.pruning.structure import count_params, decoder_layers  # noqa: E402
-
-
-def record_structured(ctx, dense_shapes: dict[str, int]) -> None:
-    """Ledger: each decoder linear at 16 bits per remaining weight, over its original size."""
-    for i, layer in enumerate(decoder_layers(ctx.model)):
-        for name, module in ctx.adapter.linears(layer).items():
-            full = f"{ctx.adapter.blocks_path}.{i}.{name}"
-            ctx.ledger.add(full, dense_shapes.get(full, module.weight.numel()), module.weight.numel() * 16)
-
-
-def dense_linear_sizes(ctx) -> dict[str, int]:
-    return {
-        f"{ctx.adapter.blocks_path}.{i}.{name}": m.weight.numel()
-        for i, layer in enumerate(decoder_layers(ctx.model))
-        for name, m in ctx.adapter.linears(layer).items()
-    }
+from reference_impls.pruning._latency import LatencyProbe  # noqa: E402
+from reference_impls.pruning._structure import count_params, decoder_layers  # noqa: E402
 
 
 @register(

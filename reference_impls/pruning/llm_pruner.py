@@ -34,7 +34,7 @@ from reference_impls.common.training import (
     merge_lora,
     train,
 )
-from reference_impls.pruning.structure import (
+from reference_impls.pruning._structure import (
     decoder_layers,
     keep_attention_groups,
     keep_mlp_channels,
@@ -101,10 +101,10 @@ def llm_pruner_prune(
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import dense_linear_sizes, record_structured  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.flap import dense_linear_sizes, record_structured  # noqa: E402
-from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
-from reference_impls.pruning.structure import count_params  # noqa: E402
+from reference_impls.pruning._latency import LatencyProbe  # noqa: E402
+from reference_impls.pruning._structure import count_params  # noqa: E402
 
 
 @register(

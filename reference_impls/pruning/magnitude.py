@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_impls.pruning.masks import select_mask
+from reference_impls.common.pruning import select_mask
 
 
 def magnitude_mask(
@@ -52,25 +52,10 @@ def model_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> 
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.adapters import get_weight  # noqa: E402
 from reference_impls.common.layerwise import block_linears  # noqa: E402
+from reference_impls.common.pruning import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
-SPARSITY_OPTIONS = {
-    "sparsity": Option(0.5, "fraction of weights set to zero (ignored for N:M)"),
-    "prune_n": Option(0, "N of an N:M pattern: zeros per group (0 = unstructured)"),
-    "prune_m": Option(0, "M of an N:M pattern: group size"),
-}
 SCOPES = ("layer", "model")
-
-
-def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]) -> dict:
-    """Method metrics shared by the unstructured pruners: achieved sparsity and storage formats."""
-    zeros = sum(int((w == 0).sum()) for w in pruned.values())
-    total = sum(w.numel() for w in pruned.values())
-    counts: dict[str, int] = {}
-    for f in formats.values():
-        counts[f] = counts.get(f, 0) + 1
-    return {"sparsity": zeros / total, "storage_formats": counts}
 
 
 @register(
@@ -98,7 +83,7 @@ def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int, scope: st
         else:
             new = magnitude_prune(w, sparsity=sparsity, prune_n=prune_n, prune_m=prune_m)
         pruned[name] = new
-        formats[name] = record_sparse(ctx.ledger, name, new, prune_n=prune_n, prune_m=prune_m)
+        formats[name] = ctx.ledger.add_sparse(name, new, prune_n=prune_n, prune_m=prune_m)
         return new
 
     ctx.map_linears(fn)

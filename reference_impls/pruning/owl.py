@@ -34,10 +34,9 @@ def owl_sparsities(ratios: list[float], sparsity: float, *, lam: float = 0.08) -
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import pruned_summary  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.magnitude import pruned_summary  # noqa: E402
 from reference_impls.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 from reference_impls.pruning.wanda import wanda_prune, wanda_score  # noqa: E402
 
 
@@ -82,7 +81,7 @@ def run_owl(ctx, *, sparsity, m, lam, base) -> dict:
             block.set_weight(name, new)
             full = f"{block.name}.{name}"
             pruned[full] = new
-            formats[full] = record_sparse(ctx.ledger, full, new)
+            formats[full] = ctx.ledger.add_sparse(full, new)
 
     ctx.walk(process, stats=("input_norm",) if base == "wanda" else ("hessian",))
     out = pruned_summary(ctx, pruned, formats)

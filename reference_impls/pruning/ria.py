@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_impls.pruning.masks import check_nm, nm_mask, select_mask
+from reference_impls.common.pruning import check_nm, nm_mask, select_mask
 
 
 def ria_score(weight: torch.Tensor, input_norm: torch.Tensor, *, a: float = 0.5) -> torch.Tensor:
@@ -135,9 +135,8 @@ def ria_prune(
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
 
 @register(
@@ -170,7 +169,7 @@ def run_ria(ctx, *, sparsity, prune_n, prune_m, a, per_row, permute, lsa) -> dic
             block.set_weight(name, new)
             full = f"{block.name}.{name}"
             pruned[full] = new
-            formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m, perm=perm)
+            formats[full] = ctx.ledger.add_sparse(full, new, prune_n=prune_n, prune_m=prune_m, perm=perm)
             if perm is not None:
                 score = ria_score(W, block.stats[name].input_norm, a=a)
                 kept = float(score.masked_fill(mask, 0).sum())

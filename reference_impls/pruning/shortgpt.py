@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from reference_impls.pruning.structure import model_inputs, remove_layers
+from reference_impls.pruning._structure import model_inputs, remove_layers
 
 
 def block_influence(hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
@@ -90,8 +90,8 @@ def shortgpt_prune(model: nn.Module, batches: Iterable, *, n_remove: int = 1) ->
 
 # ---------------------------------------------------------------- model-level entry
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
-from reference_impls.pruning.structure import count_params  # noqa: E402
+from reference_impls.pruning._latency import LatencyProbe  # noqa: E402
+from reference_impls.pruning._structure import count_params  # noqa: E402
 
 
 @register(

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from reference_impls.common.folding import absorb_norm_scale
-from reference_impls.pruning.structure import decoder_layers, model_inputs
+from reference_impls.pruning._structure import decoder_layers, model_inputs
 
 
 class RMSN(nn.Module):
@@ -177,10 +177,10 @@ def slicegpt_prune(model: nn.Module, batches: Iterable[torch.Tensor], *, sparsit
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import dense_linear_sizes, record_structured  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
-from reference_impls.pruning.flap import dense_linear_sizes, record_structured  # noqa: E402
-from reference_impls.pruning.latency import LatencyProbe  # noqa: E402
-from reference_impls.pruning.structure import count_params  # noqa: E402
+from reference_impls.pruning._latency import LatencyProbe  # noqa: E402
+from reference_impls.pruning._structure import count_params  # noqa: E402
 
 
 @register(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from reference_impls.common.hessian import inverse_hessian_cholesky
-from reference_impls.pruning.masks import check_nm, check_sparsity, global_mask
+from reference_impls.common.pruning import check_nm, check_sparsity, global_mask
 from reference_impls.quantization.gptq import ColumnGrid
 
 
@@ -83,10 +83,9 @@ def sparsegpt_prune(
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.common.registry import Option, register  # noqa: E402
 from reference_impls.common.storage import quantized_bits  # noqa: E402
-from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
 
 @register(
@@ -127,8 +126,7 @@ def run_sparsegpt(ctx, *, sparsity, prune_n, prune_m, block_size, damp, bits, gr
             params = (
                 quantized_bits(rows, cols, bits=bits, group_size=group_size, sym=sym) - rows * cols * bits
             )
-            formats[full] = record_sparse(
-                ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m,
+            formats[full] = ctx.ledger.add_sparse(full, new, prune_n=prune_n, prune_m=prune_m,
                 value_bits=bits or 16, extra_bits=params if bits else 0,
             )  # fmt: skip
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_impls.pruning.masks import select_mask
+from reference_impls.common.pruning import select_mask
 
 
 def wanda_score(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -41,9 +41,8 @@ def wanda_prune(
 
 
 # ---------------------------------------------------------------- model-level entry
+from reference_impls.common.pruning import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
 from reference_impls.common.registry import register  # noqa: E402
-from reference_impls.pruning.magnitude import SPARSITY_OPTIONS, pruned_summary  # noqa: E402
-from reference_impls.pruning.storage import record_sparse  # noqa: E402
 
 
 @register(
@@ -70,7 +69,7 @@ def run_wanda(ctx, *, sparsity: float, prune_n: int, prune_m: int) -> dict:
             block.set_weight(name, new)
             full = f"{block.name}.{name}"
             pruned[full] = new
-            formats[full] = record_sparse(ctx.ledger, full, new, prune_n=prune_n, prune_m=prune_m)
+            formats[full] = ctx.ledger.add_sparse(full, new, prune_n=prune_n, prune_m=prune_m)
 
     ctx.walk(process, stats=("input_norm",))
     return pruned_summary(ctx, pruned, formats)

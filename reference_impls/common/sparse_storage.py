@@ -10,6 +10,7 @@ something that works, not a formula:
   ceil(log2 M) bits, packed (2 bits per kept value for 2:4: the metadata of NVIDIA's sparse tensor
   cores), plus an optional input permutation (RIA's channel reallocation);
 - structured pruning needs none of this: the matrices are physically smaller (`dense_bits`).
+`storage.StorageLedger.add_sparse` records the smallest of these for a pruned matrix.
 Values are stored in `value_dtype` (float16 by default, the storage type of the models the
 literature prunes); `bits_per_weight` divides by the dense element count.
 """
@@ -160,28 +161,3 @@ def best_encoding(
         candidates.insert(0, encode_nm(W, nm[0], nm[1], value_dtype, perm))
     best = min(candidates, key=lambda e: e.bits)
     return best if best.bits < dense_bits(W, value_dtype) else None
-
-
-def record_sparse(
-    ledger,
-    name: str,
-    W: torch.Tensor,
-    *,
-    prune_n: int = 0,
-    prune_m: int = 0,
-    perm: torch.Tensor | None = None,
-    value_bits: int = 16,
-    extra_bits: int = 0,
-) -> str:
-    """Add the real storage of a pruned matrix to a `StorageLedger`; returns the format chosen.
-
-    The mask/index arrays are counted as encoded; kept values at `value_bits` each (16, or a
-    quantizer's bit width, whose scales and zeros come in as `extra_bits`)."""
-    enc = best_encoding(W, nm=(prune_n, prune_m) if prune_n else None, perm=perm)
-    if enc is None:
-        ledger.add(name, W.numel(), W.numel() * value_bits + extra_bits)
-        return "dense"
-    values = enc.arrays["values"]
-    bits = enc.bits - values.nbytes * 8 + values.size * value_bits + extra_bits
-    ledger.add(name, W.numel(), bits)
-    return enc.format

@@ -1,4 +1,4 @@
-"""Mask selection rules shared by the pruners.
+"""What the pruners share: mask selection rules, their options, summary metrics and ledger entries.
 
 A mask here is a boolean tensor of the weight's shape, True where the weight is pruned (the
 convention of the SparseGPT, Wanda and RIA repositories). Exactly `int(count * sparsity)` entries
@@ -9,6 +9,9 @@ prunes one entry too many (and one at 0% sparsity); counting exactly keeps 0% a 
 from __future__ import annotations
 
 import torch
+
+from reference_impls.common.layerwise import block_linears
+from reference_impls.common.registry import Option
 
 
 def check_nm(prune_n: int, prune_m: int, in_features: int) -> None:
@@ -62,3 +65,32 @@ def select_mask(
         return nm_mask(score, prune_n, prune_m)
     check_sparsity(sparsity)
     return row_mask(score, sparsity) if per_row else global_mask(score, sparsity)
+
+
+# ---------------------------------------------------------------- model level
+SPARSITY_OPTIONS = {
+    "sparsity": Option(0.5, "fraction of weights set to zero (ignored for N:M)"),
+    "prune_n": Option(0, "N of an N:M pattern: zeros per group (0 = unstructured)"),
+    "prune_m": Option(0, "M of an N:M pattern: group size"),
+}
+
+
+def pruned_summary(ctx, pruned: dict[str, torch.Tensor], formats: dict[str, str]) -> dict:
+    """Method metrics shared by the unstructured pruners: achieved sparsity and storage formats."""
+    zeros = sum(int((w == 0).sum()) for w in pruned.values())
+    total = sum(w.numel() for w in pruned.values())
+    counts: dict[str, int] = {}
+    for f in formats.values():
+        counts[f] = counts.get(f, 0) + 1
+    return {"sparsity": zeros / total, "storage_formats": counts}
+
+
+def dense_linear_sizes(ctx) -> dict[str, int]:
+    """Weights per block linear before structured pruning, by full name (see `record_structured`)."""
+    return {name: m.weight.numel() for name, m in block_linears(ctx.model, ctx.adapter)}
+
+
+def record_structured(ctx, dense_sizes: dict[str, int]) -> None:
+    """Ledger: each block linear at 16 bits per remaining weight, over its original size."""
+    for name, m in block_linears(ctx.model, ctx.adapter):
+        ctx.ledger.add(name, dense_sizes.get(name, m.weight.numel()), m.weight.numel() * 16)

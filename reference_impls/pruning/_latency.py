@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from reference_impls.pruning.structure import count_params
+from reference_impls.pruning._structure import count_params
 
 MAX_COPY_PARAMS = 2_000_000_000  # above this, keep no dense copy: time the dense model up front
 
