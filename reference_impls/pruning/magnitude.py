@@ -37,7 +37,7 @@ def magnitude_prune(
 
 def model_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """Masks (True = pruned) for one |W| threshold over all matrices together: exactly
-    `int(total * sparsity)` weights are pruned, ties broken by position as in `masks.global_mask`."""
+    `int(total * sparsity)` weights are pruned, ties broken by position as in `common.pruning.global_mask`."""
     names = list(weights)
     flat = torch.cat([weights[n].detach().float().abs().flatten() for n in names])
     pruned = select_mask(flat[None, :], sparsity, 0, 0, per_row=False)[0]
