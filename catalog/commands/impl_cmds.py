@@ -171,3 +171,68 @@ def run(
         out.print(_metrics_table(record))
         if save is not None:
             out.print(f"saved to {save}")
+
+
+def _method_figures(method: str, model: str) -> tuple[float, float, str]:
+    """(weight bits per parameter, held/full KV-byte ratio, which run) from results/METHOD.json."""
+    from reference_impls.common import registry
+
+    m = registry.get(method)
+    path = Path("results") / f"{m.name}.json"
+    if not path.is_file():
+        raise ValueError(f"--method {method}: no stored results ({path}); run `atlas bench {m.name}`")
+    runs = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("model") == model]
+    if not runs:
+        raise ValueError(f"--method {method}: {path} has no run on --model {model}")
+    defaults = m.defaults()
+    run = next((r for r in runs if r.get("options") == defaults), runs[0])
+    metrics = run["metrics"]
+    return (metrics.get("model_bits_per_param", 16.0), metrics.get("kv_bytes_ratio", 1.0),
+            " ".join(f"{k}={v}" for k, v in run["options"].items()))
+
+
+@app.command()
+def memory(
+    model: str = typer.Argument("causal", help="causal, encoder, a model directory or a config.json."),
+    method: str | None = typer.Option(None, "--method",
+                                      help="Take weight bits and KV bytes from this method's stored run."),
+    context: int | None = typer.Option(None, "--context", help="Tokens in the cache (default: full context)."),
+    weight_bits: float | None = typer.Option(None, "--weight-bits", help="Bits per parameter (default 16)."),
+    kv_bits: float = typer.Option(32.0, "--kv-bits", help="Bits per cached key/value element (float32: 32)."),
+    kv_budget: int | None = typer.Option(None, "--kv-budget", help="Cache positions kept (eviction)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+) -> None:
+    """Weight bytes, KV-cache bytes, bytes moved and DRAM energy per generated token.
+
+    Example: atlas memory causal --method gptq --context 256
+    """
+    from reference_impls.common import memory as mem
+    from reference_impls.common import registry
+    from reference_impls.common.models import ENCODER_TYPES, ModelMissingError
+
+    try:
+        config = mem.load_config(model)
+        bits, kv_ratio, run = (_method_figures(method, model) if method else (16.0, 1.0, ""))
+        est = mem.estimate(config, params=mem.count_params(config), context=context, kv_budget=kv_budget,
+                           weight_bits_per_param=weight_bits or bits, kv_bits=kv_bits * kv_ratio,
+                           causal=config.model_type not in ENCODER_TYPES)
+    except ModelMissingError as exc:
+        raise _fail(str(exc), 2) from None
+    except (ValueError, registry.UnknownMethodError) as exc:
+        raise _fail(str(exc)) from None
+    data = {"model": model, "method": method, "method_run": run or None, **est.as_dict()}
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title=f"memory of {model}" + (f" with {method} ({run})" if method else ""), show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [("parameters", f"{est.params:,}"), ("weight bits / parameter", f"{est.weight_bits_per_param:.3f}"),
+            ("weight bytes", f"{est.weight_bytes:,}"), ("KV bytes per token", f"{est.kv_bytes_per_token:,}"),
+            (f"KV bytes at context {est.context}", f"{est.kv_bytes:,} ({est.kv_positions} positions)"),
+            ("bytes moved per generated token", f"{est.bytes_per_token:,}"),
+            ("energy per token (DRAM)", f"{est.energy_per_token_j * 1e6:.3f} µJ")]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    out.print(f"assumption: {est.assumption}", highlight=False)

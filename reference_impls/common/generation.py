@@ -51,6 +51,8 @@ class KVPolicy:
       `needs_attention`, else None. Called after every forward (prefill and each decoding step).
     - `store(keys, values)` → dict of the tensors the cache really holds (a quantizer returns codes and
       scales), `load(held)` → (keys, values) to attend with. Bytes are counted from `store`'s tensors.
+    - `append(held, keys, values, n_new=)`: used instead of `store` after a step that evicted nothing
+      (a quantizer encodes only the new tokens there); the default calls `store`.
     """
 
     needs_attention = False
@@ -65,6 +67,13 @@ class KVPolicy:
 
     def load(self, held: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return held["keys"], held["values"]
+
+    def append(self, held: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor, *,
+               n_new: int) -> dict[str, torch.Tensor]:
+        """What to hold after a step that evicted nothing: `held` is what the cache held before it,
+        keys/values are `load(held)` followed by the step's `n_new` tokens. A quantizer overrides this to
+        encode only the new tokens (re-encoding decoded codes would compound the error); default: `store`."""
+        return self.store(keys, values)
 
 
 class KeepAll(KVPolicy):
@@ -111,7 +120,7 @@ class PolicyLayer(DynamicLayer):
         else:
             keys, values = key_states, value_states
         self.positions = torch.cat([self.positions, new_pos], -1)
-        self.seen += q
+        self.seen, self.n_new = self.seen + q, q
         self.keys, self.values = keys, values  # what this step attends to
         if not self.policy.needs_attention:
             self.compress(None)
@@ -121,6 +130,10 @@ class PolicyLayer(DynamicLayer):
         """Apply the policy to the keys/values of this step, then hold what it stores."""
         keys, values = self.keys, self.values
         keep = self.policy.select(self.layer_idx, keys, values, attn)
+        if keep is None and self.held:
+            self.held = self.policy.append(self.held, keys, values, n_new=self.n_new)
+            self.keys = self.values = None
+            return
         if keep is not None:
             keys, values = gather_positions(keys, keep), gather_positions(values, keep)
             self.positions = self.positions.gather(2, keep)
@@ -336,7 +349,7 @@ def measure_cache(model: nn.Module, policy: KVPolicy, *, prompts: torch.Tensor, 
         "token_match_rate": float((ours.tokens == full.tokens).float().mean()),
         "next_token_kl": kl, "perplexity_kv": ppl, "perplexity_kv_full": ppl_full,
         "tokens_per_s": new_tokens / ours.seconds, "tokens_per_s_full": full.tokens.numel() / full.seconds,
-        "generated_tokens": new_tokens, "prompt_tokens": int(prompts.shape[1]),
+        "generated_tokens": new_tokens, "prompt_tokens": int(prompts.shape[1]), "kv_batch": int(prompts.shape[0]),
         "heldout_prefill": prefill, "heldout_tokens": int(heldout.shape[0] * (heldout.shape[1] - prefill)),
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reference_impls.common import data, evaluate, layerwise, registry
+from reference_impls.common import data, evaluate, layerwise, memory, registry
 from reference_impls.common.models import LoadedModel, load_model
 from reference_impls.common.storage import StorageLedger
 
@@ -126,6 +126,10 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
     metrics.update(eval_time_s=time.perf_counter() - t1, peak_memory_mb=_peak_memory_mb(loaded.device),
                    model_bits_per_param=ctx.ledger.model_bits(params) / params,
                    compressed_weights=ctx.ledger.n_weights)
+    held = metrics.get("kv_bytes_peak")
+    metrics.update(memory.run_figures(loaded.model.config, causal=loaded.kind == "causal",
+                                      weight_bits=ctx.ledger.model_bits(params),
+                                      kv_bytes_held=None if held is None else held // metrics["kv_batch"]))
 
     if save is not None:
         # De-quantized (fake-quantized) weights in Hugging Face format: any HF loader reads them back.
@@ -138,5 +142,6 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
         "bits_per_weight": ctx.ledger.bits_per_weight(), "params": params, "time_s": time_s,
         "env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(loaded.device),
                 "threads": torch.get_num_threads(), "calib_samples": calib_samples, "seed": seed,
-                "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(load_before, 2)},
+                "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(load_before, 2),
+                "energy_assumption": memory.ENERGY_ASSUMPTION},
     }
