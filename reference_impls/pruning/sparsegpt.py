@@ -126,9 +126,9 @@ def run_sparsegpt(ctx, *, sparsity, prune_n, prune_m, block_size, damp, bits, gr
             params = (
                 quantized_bits(rows, cols, bits=bits, group_size=group_size, sym=sym) - rows * cols * bits
             )
-            formats[full] = ctx.ledger.add_sparse(full, new, prune_n=prune_n, prune_m=prune_m,
-                value_bits=bits or 16, extra_bits=params if bits else 0,
-            )  # fmt: skip
+            formats[full] = ctx.ledger.add_sparse(
+                full, new, prune_n=prune_n, prune_m=prune_m, value_bits=bits or 16, extra_bits=params if bits else 0
+            )
 
     ctx.walk(process, stats=("hessian",))
     return pruned_summary(ctx, pruned, formats)
