@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 
 ATTENTION_HOOK = "atlas_kv_eager"
@@ -83,6 +84,14 @@ class KeepAll(KVPolicy):
 def gather_positions(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """x (batch, kv_heads, seq, d) at kept indices (batch, kv_heads, n) → (batch, kv_heads, n, d)."""
     return x.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
+
+
+def group_mean(attn: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Attention (batch, heads, q, k) → (batch, kv_heads, q, k), the mean over the query heads that share
+    each KV head (GQA; consecutive heads form a group, as `repeat_interleave` of the keys makes them):
+    how kvpress scores a KV head from its queries' attention, for policies that evict per KV head."""
+    b, h, q, k = attn.shape
+    return attn.view(b, kv_heads, h // kv_heads, q, k).mean(2)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +233,9 @@ def _eager_with_policy(module, query, key, value, attention_mask, scaling, dropo
 
 
 AttentionInterface.register(ATTENTION_HOOK, _eager_with_policy)
+# transformers builds no mask at all for an attention name it has no mask function for (it assumes a
+# backend that masks itself), which would make the hook non-causal: give it the eager additive mask.
+AttentionMaskInterface.register(ATTENTION_HOOK, eager_mask)
 
 
 class policy_attention:
