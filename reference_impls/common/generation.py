@@ -216,6 +216,17 @@ def full_cache_bytes(config, *, tokens: int, batch: int = 1, dtype: torch.dtype 
 
 
 # ---------------------------------------------------------------- the attention hook
+def _fit_mask(mask: torch.Tensor, k_len: int) -> torch.Tensor:
+    """transformers builds one mask for all layers from layer 0's sizes, but a policy may hold a different
+    number of keys in each layer (PyramidKV). Held keys precede every query and batches are unpadded, so
+    only the last q columns (the new tokens, causal among themselves) carry information: keep those and
+    make every held key visible."""
+    q = mask.shape[-2]
+    if mask.shape[-1] == k_len:
+        return mask
+    return nn.functional.pad(mask[..., -q:], (k_len - q, 0), value=0.0)
+
+
 def _eager_with_policy(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Eager attention (softmax weights materialised) that hands the weights to the active policy."""
     groups = query.shape[1] // key.shape[1]
@@ -223,7 +234,7 @@ def _eager_with_policy(module, query, key, value, attention_mask, scaling, dropo
     v = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, k.transpose(2, 3)) * scaling
     if attention_mask is not None:
-        scores = scores + attention_mask
+        scores = scores + _fit_mask(attention_mask, key.shape[-2])
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # (b, heads, q, k)
     out = torch.matmul(weights, v).transpose(1, 2).contiguous()
     cache = _ACTIVE.get()
