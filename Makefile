@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml; pip finds the local CPU wheel (uv/poetry would fetch CUDA).
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# kvpress (the KV-eviction tests' peer) pins transformers<5.3, which would replace ours: --no-deps,
+	# then only what it imports at load time (none of them touches torch or transformers).
+	$(BIN)/python -m pip install --quiet --no-deps 'kvpress==0.5.5' && $(BIN)/python -m pip install --quiet cachetools datasets fire
 	@touch $(STAMP)
 
 install: $(STAMP)
