@@ -97,7 +97,7 @@ def measure_prompt_compression(model: nn.Module, compress: Compressor, windows: 
         "next_token_kl": sums["kl"] / n_tok, "next_token_kl_no_context": sums["kl_none"] / n_tok,
         "next_token_kl_truncated": sums["kl_trunc"] / n_tok,
         "kv_bytes_peak": peak, "kv_bytes_full": full_cache_bytes(model.config, tokens=windows.shape[1]),
-        "kv_bytes_ratio": sum(ratios) / len(ratios),
+        "kv_bytes_ratio": sum(ratios) / len(ratios), "kv_batch": 1,  # the kv bytes are of one sequence
         "tokens_per_s": n_ctx / seconds if seconds else float("inf"),
         "windows": int(windows.shape[0]), "context_tokens": context, "continuation_tokens": n_tok,
     }

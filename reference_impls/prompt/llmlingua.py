@@ -131,7 +131,8 @@ def iterative_compress(ids: torch.Tensor, score: ScoreFn, *, plan: list[list[tup
 
 def budget_controller(segment_scores: list[float], lengths: list[int], *, target_token: float,
                       context_budget: int, descending: bool = True) -> list[int]:
-    """Indices of the kept segments, in original order (`control_context_budget`).
+    """Indices of the kept segments in the order they were visited (`control_context_budget`; callers
+    sort them back into the text's order, as the package's default `reorder_context="original"`).
 
     Segments are visited by score (descending: LLMLingua's perplexity; ascending: LongLLMLingua's
     question perplexity) and kept until target_token + context_budget tokens are spent, the segment that
@@ -145,7 +146,7 @@ def budget_controller(segment_scores: list[float], lengths: list[int], *, target
         used.append(j)
         if budget < 0:
             break
-    return sorted(used)
+    return used
 
 
 def segment_spans(pieces: list[str], *, max_tokens: int) -> list[tuple[int, int]]:
@@ -186,7 +187,7 @@ def llmlingua_compress(ids: torch.Tensor, score: ScoreFn, pieces: list[str], *, 
     lengths = [e - s for s, e in spans]
     target = ratio * ids.numel()
     ppl = [mean_score(score, ids[s:e]) for s, e in spans]
-    used = budget_controller(ppl, lengths, target_token=target, context_budget=context_budget)
+    used = sorted(budget_controller(ppl, lengths, target_token=target, context_budget=context_budget))
     positions = torch.cat([torch.arange(spans[j][0], spans[j][1], device=ids.device) for j in used])
     plan = chunk_ratios([lengths[j] for j in used], target_token=target, iterative_size=iterative_size,
                         dynamic_ratio=[0.0] * len(used))
