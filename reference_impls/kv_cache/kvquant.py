@@ -253,7 +253,7 @@ class KVQuantPolicy(KVPolicy):
         "prefill": Option(128, "prompt tokens before generation / teacher forcing"),
         "new_tokens": Option(128, "tokens generated per prompt"),
     },
-    bench=[{"bits": 3}, {"bits": 2}, {"bits": 4}],
+    bench=[{"bits": 2}, {"bits": 4}],
     bench_models=("causal",),
 )
 def run_kvquant(ctx, *, bits, outlier_frac, n_sink, calib_seqs, windows, prefill, new_tokens) -> dict:
