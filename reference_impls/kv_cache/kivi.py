@@ -116,8 +116,7 @@ class KiviPolicy(KVPolicy):
         "prefill": Option(128, "prompt tokens before generation / teacher forcing"),
         "new_tokens": Option(128, "tokens generated per prompt"),
     },
-    bench=[{"bits": 2, "residual_length": 32}, {"bits": 4, "residual_length": 32},
-           {"bits": 2, "residual_length": 128}],
+    bench=[{"bits": 2, "residual_length": 32}, {"bits": 4, "residual_length": 32}],
     bench_models=("causal",),
 )
 def run_kivi(ctx, *, bits, group_size, residual_length, windows, prefill, new_tokens) -> dict:
