@@ -85,7 +85,9 @@ _LLAMA = Adapter(
 _OPT = Adapter(
     family="opt",
     blocks_path="model.decoder.layers",
-    linear_names=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"),
+    linear_names=(
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2",
+    ),
     input_groups=(
         InputGroup("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
         InputGroup("self_attn.v_proj", ("self_attn.out_proj",)),
@@ -133,7 +135,8 @@ def adapter_for(model: nn.Module) -> Adapter:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     adapter = ADAPTERS.get(model_type)
     if adapter is None:
-        raise ValueError(f"no adapter for model_type {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}")
+        supported = ", ".join(sorted(ADAPTERS))
+        raise ValueError(f"no adapter for model_type {model_type!r}; supported: {supported}")
     if adapter.family == "bert" and not hasattr(model, "encoder"):
         # A BertFor... head model keeps the encoder one level down.
         base = getattr(model, "base_model_prefix", "bert")

@@ -82,7 +82,9 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
     return result
 
 
-def run_bench(methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False) -> None:
+def run_bench(
+    methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False
+) -> None:
     """Benchmark the named methods (all registered ones when empty) and write results/<method>.json."""
     chosen = [registry.get(name) for name in methods] if methods else registry.all_methods()
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -89,8 +89,11 @@ def write_split(heldout: list[str], calibration: list[str]) -> None:
 
 def _read_list(path: Path) -> set[str]:
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `make model` (scripts/train_causal_lm.py) to create the split")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+        raise FileNotFoundError(
+            f"{path} is missing: run `make model` (scripts/train_causal_lm.py) to create the split"
+        )
+    lines = path.read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
 def split_files(part: str, files: list[SourceFile] | None = None) -> list[SourceFile]:

@@ -61,7 +61,8 @@ def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # one long stream, windowed later
+        # one long stream, windowed later
+        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         if eos is not None:
             ids.append(eos)
     return torch.tensor(ids, dtype=torch.long)
@@ -83,7 +84,9 @@ def causal_calibration(loaded, *, n_samples: int = 128, seed: int = 0, seq_len: 
     seq_len = seq_len or sequence_length(loaded)
     stream = token_stream(loaded.tokenizer, corpus.split_texts("calibration"))
     if stream.numel() <= seq_len:
-        raise ValueError(f"calibration stream ({stream.numel()} tokens) is shorter than one window of {seq_len}")
+        raise ValueError(
+            f"calibration stream ({stream.numel()} tokens) is shorter than one window of {seq_len}"
+        )
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, stream.numel() - seq_len, (n_samples,), generator=gen).tolist()
     windows = torch.stack([stream[s : s + seq_len] for s in starts])  # (n_samples, seq_len)
@@ -132,7 +135,10 @@ def encoder_calibration(loaded, *, n_samples: int = 128, seed: int = 0) -> list[
     pool = docstrings(corpus.split_texts("calibration"))
     rng = random.Random(seed)
     chosen = [pool[rng.randrange(len(pool))] for _ in range(n_samples)]
-    return [dict(loaded.tokenizer(t, return_tensors="pt", truncation=True, max_length=CALIB_TEXT_TOKENS)) for t in chosen]
+    return [
+        dict(loaded.tokenizer(t, return_tensors="pt", truncation=True, max_length=CALIB_TEXT_TOKENS))
+        for t in chosen
+    ]
 
 
 def calibration(loaded, *, n_samples: int = 128, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -27,7 +27,8 @@ def perplexity(model, windows: torch.Tensor, *, batch_size: int = 8) -> float:
     for i in range(0, windows.shape[0], batch_size):
         x = windows[i : i + batch_size].to(device)  # (b, seq)
         logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()  # (b, seq-1, vocab)
-        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+        flat_logits, targets = logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+        nll += F.cross_entropy(flat_logits, targets, reduction="sum").item()
         count += x[:, 1:].numel()
     return math.exp(nll / count)
 
@@ -44,7 +45,9 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 32, max_lengt
     out = []
     for i in range(0, len(texts), batch_size):
         chunk = [texts[j] for j in order[i : i + batch_size]]
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+        enc = tokenizer(
+            chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
         hidden = model(**enc).last_hidden_state.float()  # (b, seq, hidden)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (b, seq, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -68,10 +71,15 @@ def top_k(query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int) -> torch.Tenso
     return (query_emb @ doc_emb.t()).topk(min(k, doc_emb.shape[0]), dim=1).indices  # (n_queries, k)
 
 
-def encoder_fidelity(ref: EncoderReference, doc_emb: torch.Tensor, query_emb: torch.Tensor, k: int = 10) -> dict:
+def encoder_fidelity(
+    ref: EncoderReference, doc_emb: torch.Tensor, query_emb: torch.Tensor, k: int = 10
+) -> dict:
     cos = torch.cat([(ref.doc_emb * doc_emb).sum(-1), (ref.query_emb * query_emb).sum(-1)]).mean().item()
     ref_top, new_top = top_k(ref.query_emb, ref.doc_emb, k), top_k(query_emb, doc_emb, k)
-    overlap = [len(set(a.tolist()) & set(b.tolist())) / ref_top.shape[1] for a, b in zip(ref_top, new_top, strict=True)]
+    overlap = [
+        len(set(a.tolist()) & set(b.tolist())) / ref_top.shape[1]
+        for a, b in zip(ref_top, new_top, strict=True)
+    ]
     return {"cosine": cos, "retrieval_agreement": sum(overlap) / len(overlap)}
 
 

@@ -54,7 +54,9 @@ class FakeQuantLinear(nn.Module):
         if self.act_quant is not None:
             x = self.act_quant(x)
         if self.matmul is None:
-            return nn.functional.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+            return nn.functional.linear(
+                x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+            )
         y = self.matmul(x.reshape(-1, self.in_features).float(), w.float())  # (n, out)
         if self.bias is not None:
             y = y + self.bias.float()

@@ -126,7 +126,8 @@ def inject_activation_outliers(
             continue
         hidden = blocks[0].get_submodule(group.prev).weight.numel()
         if not chosen:
-            chosen = torch.randperm(hidden, generator=torch.Generator().manual_seed(seed))[:n_channels].tolist()
+            gen = torch.Generator().manual_seed(seed)
+            chosen = torch.randperm(hidden, generator=gen)[:n_channels].tolist()
         s = torch.ones(hidden, device=device)
         s[chosen] = 1 / factor
         saved = [(n, p.detach().clone()) for n, p in model.named_parameters()]

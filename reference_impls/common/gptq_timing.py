@@ -3,10 +3,11 @@
 The baseline is a straightforward CPU reading of the official algorithm (IST-DASLab/gptq
 `fasterquant`, written here from the paper's Algorithm 1 and that code's structure): blocks of 128
 columns, a rank-1 update of the whole remaining block after every column, a per-column loss, and the
-same Cholesky-based inverse (`common.hessian`). Both implementations get the same W and H, so the Hessian accumulation
-(one float32 GEMM over the 262,144 calibration tokens, identical in both) is timed once and reported
-separately. Each solve is timed `repeats` times, alternating the two, and the minimum is reported,
-because the CPU is shared; their outputs are compared so that the faster one is known to be right.
+same Cholesky-based inverse (`common.hessian`). Both implementations get the same W and H, so the
+Hessian accumulation (one float32 GEMM over the 262,144 calibration tokens, identical in both) is
+timed once and reported separately. Each solve is timed `repeats` times, alternating the two, and
+the minimum is reported, because the CPU is shared; their outputs are compared so that the faster
+one is known to be right.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def straightforward_gptq(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_s
     return Q
 
 
-def calibration_hessian(n_in: int, n_tokens: int, *, seed: int = 0, chunk: int = 8192) -> tuple[torch.Tensor, float]:
+def calibration_hessian(
+    n_in: int, n_tokens: int, *, seed: int = 0, chunk: int = 8192
+) -> tuple[torch.Tensor, float]:
     """H = 2/n Σ x xᵀ over synthetic correlated activations, accumulated chunk by chunk; and its time."""
     g = torch.Generator().manual_seed(seed)
     col_scale = torch.logspace(-1, 0.5, n_in)[torch.randperm(n_in, generator=g)]  # (in,) uneven channels
@@ -97,8 +100,11 @@ def layer_timing(*, n: int = 4096, n_tokens: int = 128 * 2048, bits: int = 4, gr
         # Different float32 summation orders move grid scales by ulps (every value of a group then
         # differs by ~1e-7) and can flip a rare rounding; the layer errors show both solve equally well.
         "fraction_flipped": ((Q_ours - Q_ref).abs() > 1e-5).float().mean().item(),
-        "layer_error_gptq": layer_error(W, Q_ours, H), "layer_error_straightforward": layer_error(W, Q_ref, H),
+        "layer_error_gptq": layer_error(W, Q_ours, H),
+        "layer_error_straightforward": layer_error(W, Q_ref, H),
         "layer_error_rtn": layer_error(W, rtn_quantize(W, bits=bits, group_size=group_size), H),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "method": "wall time (time.perf_counter) of each solve given W and H; minimum over repeats, alternating",
+        "method": (
+            "wall time (time.perf_counter) of each solve given W and H; minimum over repeats, alternating"
+        ),
     }

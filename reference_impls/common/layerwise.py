@@ -129,8 +129,12 @@ class BlockContext:
     def linear_inputs(self, names: Iterable[str]) -> dict[str, list[torch.Tensor]]:
         """The raw inputs of some linears on every batch (for methods that search on real activations)."""
         captured: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        handles = [self.linears[n].register_forward_hook(lambda _m, inp, _o, n=n: captured[n].append(inp[0].detach()))
-                   for n in captured]
+        handles = [
+            self.linears[n].register_forward_hook(
+                lambda _m, inp, _o, n=n: captured[n].append(inp[0].detach())
+            )
+            for n in captured
+        ]
         try:
             self.run()
         finally:
@@ -222,6 +226,7 @@ def block_linears(model: nn.Module, adapter: Adapter):
 
 
 def map_linears(model: nn.Module, adapter: Adapter, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
-    """Apply a calibration-free weight transform `fn(full_name, weight_out_in) -> weight` to every block linear."""
+    """Apply a calibration-free weight transform `fn(full_name, weight_out_in) -> weight` to every
+    block linear."""
     for name, module in block_linears(model, adapter):
         set_weight(module, fn(name, get_weight(module).detach().clone().float()))

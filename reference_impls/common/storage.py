@@ -24,7 +24,11 @@ def group_width(group_size: int, in_features: int, *, must_divide: bool = False)
     """Input columns per quantization group: `group_size`, or the whole row for -1 (or a size that
     covers the row). The one check of `--group-size` every quantizer uses: 0 and other non-positive
     values are errors, and so is a size not dividing the row where a method's groups must tile it."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or (group_size < 1 and group_size != -1):
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int)
+        or (group_size < 1 and group_size != -1)
+    ):
         raise ValueError(f"--group-size must be -1 (whole row) or a positive integer, got {group_size!r}")
     width = in_features if group_size == -1 else min(group_size, in_features)
     if must_divide and in_features % width:
@@ -36,7 +40,9 @@ def n_groups(in_features: int, group_size: int) -> int:
     return math.ceil(in_features / group_width(group_size, in_features))
 
 
-def quantized_bits(out_features: int, in_features: int, *, bits: int, group_size: int = -1, sym: bool = False) -> int:
+def quantized_bits(
+    out_features: int, in_features: int, *, bits: int, group_size: int = -1, sym: bool = False
+) -> int:
     """Bits to store one quantized (out, in) matrix: payload + per-group scales (+ zero points)."""
     groups = n_groups(in_features, group_size)
     overhead = out_features * groups * (SCALE_BITS + (0 if sym else bits))

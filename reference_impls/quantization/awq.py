@@ -15,8 +15,9 @@ with s normalised by sqrt(max(s)·min(s)) as in the official code, where f is th
 the official `auto_scale_block` inspects for that group: the self-attention module for the norm ->
 q/k/v scale, o_proj itself for v -> o, the MLP for the norm -> gate/up scale, down_proj itself for
 up -> down (in general the innermost module holding the group's linears, or the adapter's
-`InputGroup.inspect`), run on the arguments it received in the full-precision block. diag(s)⁻¹ is folded into the operator that produces X (the preceding
-norm, or the preceding linear's output rows). Then a clipping search per linear and per group picks
+`InputGroup.inspect`), run on the arguments it received in the full-precision block. diag(s)⁻¹ is
+folded into the operator that produces X (the preceding norm, or the preceding linear's output
+rows). Then a clipping search per linear and per group picks
 the weight range max|w|·(1 - i/20), i < 10, that minimises the group's output error on a sample of
 512 calibration tokens (skipped for q/k, whose errors the softmax amplifies, as in the official code).
 

@@ -71,8 +71,8 @@ class ColumnGrid:
         return fake_quantize(w, *self.at(col, W), self.maxq)
 
 
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False,
-         act_order: bool = False, block_size: int = 128, damp: float = 0.01,
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = -1,
+         sym: bool = False, act_order: bool = False, block_size: int = 128, damp: float = 0.01,
          static_groups: bool = False) -> GPTQResult:
     """GPTQ with its grid parameters (see gptq_quantize)."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
@@ -169,8 +169,9 @@ def run_gptq(ctx, *, bits: int, group_size: int, sym: bool, act_order: bool, sta
     def process(block) -> None:
         nonlocal total_loss
         for name in block.linears:
-            res = gptq(block.weight(name), block.stats[name].hessian, bits=bits, group_size=group_size, sym=sym,
-                       act_order=act_order, block_size=block_size, damp=damp, static_groups=static_groups)
+            res = gptq(block.weight(name), block.stats[name].hessian, bits=bits, group_size=group_size,
+                       sym=sym, act_order=act_order, block_size=block_size, damp=damp,
+                       static_groups=static_groups)
             block.set_weight(name, res.weight)
             total_loss += res.loss
             n_out, n_in = res.weight.shape

@@ -86,7 +86,9 @@ def rtn(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool 
     return QuantizedWeight(out.to(weight.dtype), torch.stack(scales, 1), torch.stack(zeros, 1), g_idx)
 
 
-def rtn_quantize(weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False) -> torch.Tensor:
+def rtn_quantize(
+    weight: torch.Tensor, *, bits: int = 4, group_size: int = -1, sym: bool = False
+) -> torch.Tensor:
     """The de-quantized RTN weight, same shape and dtype as `weight` (out, in)."""
     return rtn(weight, bits=bits, group_size=group_size, sym=sym).weight
 

@@ -90,10 +90,16 @@ def w8a8_linear(
     quantize_weight: bool = True,
 ) -> FakeQuantLinear:
     """A Linear whose weight is int8 per-channel and whose input is int8-quantized at each call."""
-    w = quantize_weight_per_channel(weight.detach().float(), bits=bits) if quantize_weight else weight.detach()
+    w = (
+        quantize_weight_per_channel(weight.detach().float(), bits=bits)
+        if quantize_weight
+        else weight.detach()
+    )
 
     def act_quant(x: torch.Tensor) -> torch.Tensor:
-        q = quantize_activation(x.float(), granularity=act_granularity, bits=bits, static_absmax=static_absmax)
+        q = quantize_activation(
+            x.float(), granularity=act_granularity, bits=bits, static_absmax=static_absmax
+        )
         return q.to(x.dtype)
 
     return FakeQuantLinear(w.to(weight.dtype), bias, act_quant=act_quant)
@@ -121,7 +127,8 @@ def smooth_block(bctx, *, alpha: float = 0.5) -> int:
 def quantize_block_w8a8(
     bctx, *, act_granularity: str = "token", bits: int = 8, quantize_weight: bool = True
 ) -> dict[str, FakeQuantLinear]:
-    """Replace every linear of the block by a W8A8 FakeQuantLinear; static scales come from the block's inputs now."""
+    """Replace every linear of the block by a W8A8 FakeQuantLinear; static scales come from the
+    block's inputs now."""
     static: dict[str, torch.Tensor] = {}
     if act_granularity == "static":
         captured = bctx.linear_inputs(bctx.linears)

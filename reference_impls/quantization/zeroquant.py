@@ -160,7 +160,9 @@ def run_zeroquant(ctx, *, scheme, group_size, lkd_steps, lkd_lr) -> dict:
 
     def make(name, w, old):
         w_bits, a_bits = scheme_bits(scheme, name)
-        return zeroquant_linear(w, getattr(old, "bias", None), w_bits=w_bits, group_size=group_size, a_bits=a_bits)
+        return zeroquant_linear(
+            w, getattr(old, "bias", None), w_bits=w_bits, group_size=group_size, a_bits=a_bits
+        )
 
     def process(bctx):
         teacher = bctx.run() if lkd_steps else None  # the full-precision block on the same inputs
