@@ -19,8 +19,8 @@ SUMMARY = """summary:
 
 
 def record_text(rid: str, *, title: str | None = None, arxiv: str = "2210.17323", year: int = 2022,
-                related: str = "[]", themes: str = "[quantization]", taxonomy: str = "quantization/ptq/weight-only",
-                extra: str = "") -> str:
+                related: str = "[]", themes: str = "[quantization]",
+                taxonomy: str = "quantization/ptq/weight-only", extra: str = "") -> str:
     title = title or f"A test paper about {rid}"
     return (
         f"id: {rid}\n"

@@ -56,8 +56,11 @@ def test_enrich_reads_the_venue_from_openalex(tmp_path):
     body = (FIXTURES / "openalex_work_W2741809807.json").read_text()
     responses.add(responses.GET, re.compile(r"https://api\.openalex\.org/works/.*"), body=body)
     papers = two_good(tmp_path)
-    (papers / "beta.yaml").write_text((papers / "beta.yaml").read_text().replace("venue: ICLR 2023", "venue: null"))
-    result = runner.invoke(app, ["enrich", "beta", "--write", "--papers", str(papers)], env={"COLUMNS": "200"})
+    beta = papers / "beta.yaml"
+    beta.write_text(beta.read_text().replace("venue: ICLR 2023", "venue: null"))
+    result = runner.invoke(
+        app, ["enrich", "beta", "--write", "--papers", str(papers)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.stderr
     assert "PeerJ 2018" in result.stdout
     assert "venue: PeerJ 2018\n" in (papers / "beta.yaml").read_text()

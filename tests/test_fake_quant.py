@@ -70,7 +70,9 @@ def test_llm_int8_vectorwise_with_outlier_decomposition(threshold):
     sx = Xr.abs().amax(1, keepdim=True) / 127
     want = (torch.round(Xr / sx) @ Wq.T) * sx * sw.T  # the int32 accumulator, de-quantized
     if outliers.any():  # fp16 product (and output) with the de-quantized int8 weight columns
-        want = want + (X[:, outliers].half().double() @ (Wq[:, outliers] * sw).half().double().T).half().double()
+        x_fp16 = X[:, outliers].half().double()
+        w_fp16 = (Wq[:, outliers] * sw).half().double()
+        want = want + (x_fp16 @ w_fp16.T).half().double()
     assert torch.allclose(got, want + b.double(), atol=1e-5)
 
 
@@ -82,7 +84,9 @@ def test_swap_keeps_names_and_layout(arch):
         ref = model(**ids).logits
     adapter = adapter_for(model)
     weights = {name: get_weight(model.get_submodule(name)).clone() for name in _names(model, adapter)}
-    new = swap_model_linears(model, adapter, lambda _n, w, old: FakeQuantLinear(w, getattr(old, "bias", None)))
+    new = swap_model_linears(
+        model, adapter, lambda _n, w, old: FakeQuantLinear(w, getattr(old, "bias", None))
+    )
     assert set(new) == set(weights)
     for name, module in new.items():
         assert model.get_submodule(name) is module and isinstance(module, nn.Module)
@@ -92,4 +96,5 @@ def test_swap_keeps_names_and_layout(arch):
 
 
 def _names(model, adapter):
-    return [f"{adapter.blocks_path}.{i}.{n}" for i in range(len(adapter.blocks(model))) for n in adapter.linear_names]
+    n_blocks = len(adapter.blocks(model))
+    return [f"{adapter.blocks_path}.{i}.{n}" for i in range(n_blocks) for n in adapter.linear_names]

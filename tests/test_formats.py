@@ -204,7 +204,7 @@ def test_encode_matches_torch_bits_in_both_modes(fmt):
         )
 
 
-# ---------------------------------------------------------------- MX against a float64 transcription of the spec
+# ------------------------------------------------------- MX against a float64 transcription of the spec
 # microxcaling (github.com/microsoft/microxcaling) is not on PyPI, so the oracle is the OCP MX v1.0 spec
 # written out here in float64 with no code shared with the implementation: element value sets from
 # their exponent/mantissa definitions (section 5.3), shared exponent floor(log2 amax) - emax_elem clamped

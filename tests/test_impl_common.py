@@ -39,7 +39,9 @@ def full_forward_inputs(model, adapter, batches):
         for name, lin in adapter.linears(block).items():
             key = f"{i}.{name}"
             seen[key] = []
-            handles.append(lin.register_forward_hook(lambda _m, inp, _o, k=key: seen[k].append(inp[0].detach())))
+            handles.append(
+                lin.register_forward_hook(lambda _m, inp, _o, k=key: seen[k].append(inp[0].detach()))
+            )
     with torch.no_grad():
         for b in batches:
             model(**b)
@@ -66,8 +68,10 @@ def test_walk_statistics_match_a_full_forward(arch, edit):
 
     def process(ctx):
         for name, s in ctx.stats.items():
-            stats[f"{ctx.index}.{name}"] = (s.n_tokens, s.hessian.clone(), s.input_norm.clone(), s.act_max.clone(),
-                                            s.act_mean_abs.clone(), s.act_mean.clone(), s.act_var.clone())
+            stats[f"{ctx.index}.{name}"] = (
+                s.n_tokens, s.hessian.clone(), s.input_norm.clone(), s.act_max.clone(),
+                s.act_mean_abs.clone(), s.act_mean.clone(), s.act_var.clone(),
+            )
         if edit is not None:
             edit(ctx)
 
@@ -149,7 +153,10 @@ def test_storage_arithmetic_by_hand():
     assert ledger.add_sparse("nm", w, prune_n=2, prune_m=4) == "2:4"
     assert ledger.add_sparse("mask", w) == "bitmask"
     assert ledger.layers == {"nm": (128, 64 * 16 + 64 * 2), "mask": (128, 64 * 16 + 128)}
-    assert ledger.add_sparse("dense", torch.ones(8, 16)) == "dense" and ledger.layers["dense"] == (128, 128 * 16)
+    assert (
+        ledger.add_sparse("dense", torch.ones(8, 16)) == "dense"
+        and ledger.layers["dense"] == (128, 128 * 16)
+    )
     ledger = storage.StorageLedger()
     ledger.add_quantized("a", 4, 8, bits=8)
     assert ledger.bits_per_weight() == pytest.approx(8 + 24 / 8)
@@ -170,7 +177,8 @@ def test_method_option_parsing():
     from catalog.commands.impl_cmds import parse_method_options
 
     declared = registry.get("gptq").options
-    got = parse_method_options(["--bits", "3", "--group-size=64", "--act-order", "--no-sym", "--damp", "0.1"], declared)
+    argv = ["--bits", "3", "--group-size=64", "--act-order", "--no-sym", "--damp", "0.1"]
+    got = parse_method_options(argv, declared)
     assert got == {"bits": 3, "group_size": 64, "act_order": True, "sym": False, "damp": 0.1}
     assert parse_method_options(["--act-order", "false"], declared) == {"act_order": False}
     with pytest.raises(ValueError, match="--sparsity.*valid options: --bits"):
@@ -201,7 +209,9 @@ def test_run_saves_a_model_that_reloads_with_the_same_perplexity(tmp_path):
     from reference_impls.common.models import load_model
     from reference_impls.common.runner import run_method
 
-    rec = run_method("rtn", model="causal", eval_windows=4, save=tmp_path, options={"bits": 4, "group_size": 128})
+    rec = run_method(
+        "rtn", model="causal", eval_windows=4, save=tmp_path, options={"bits": 4, "group_size": 128}
+    )
     assert rec["metrics"]["perplexity"] > rec["metrics"]["perplexity_fp"]  # 4-bit costs something
     reloaded = load_model(str(tmp_path))
     ppl = evaluate.perplexity(reloaded.model, data.heldout_windows(reloaded, max_windows=4))
@@ -216,14 +226,17 @@ def test_bench_reruns_one_model_and_keeps_the_others(monkeypatch):
     def fake_run(name, *, model, eval_windows, options):
         calls.append((model, dict(options)))
         merged = {k: o.default for k, o in registry.get(name).options.items()} | dict(options)
-        return {"method": name, "model": model, "options": merged, "metrics": {"perplexity": 1.0, "perplexity_fp": 1.0},
+        return {"method": name, "model": model, "options": merged,
+                "metrics": {"perplexity": 1.0, "perplexity_fp": 1.0},
                 "bits_per_weight": 4.0, "time_s": 0.0}
 
     monkeypatch.setattr(bench, "run_method", fake_run)
     rtn = registry.get("rtn")
     defaults = {k: o.default for k, o in rtn.options.items()}
-    old_encoder = {"method": "rtn", "model": "encoder", "options": defaults | rtn.bench[0], "metrics": {"cosine": 0.5}}
-    old_causal = {"method": "rtn", "model": "causal", "options": defaults | rtn.bench[0], "metrics": {"perplexity": 9.0}}
+    old_encoder = {"method": "rtn", "model": "encoder", "options": defaults | rtn.bench[0],
+                   "metrics": {"cosine": 0.5}}
+    old_causal = {"method": "rtn", "model": "causal", "options": defaults | rtn.bench[0],
+                  "metrics": {"perplexity": 9.0}}
     previous = {"method": "rtn", "runs": [old_causal, old_encoder], "layer_note": "kept"}
 
     result = bench.bench_method(rtn, models=("causal",), previous=previous, extras=False)

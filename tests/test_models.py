@@ -13,7 +13,9 @@ from reference_impls.common import corpus, data
 from reference_impls.common.models import CAUSAL_DIR, load_model, tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-needs_model = pytest.mark.skipif(not (CAUSAL_DIR / "model.safetensors").exists(), reason="run `make model` first")
+needs_model = pytest.mark.skipif(
+    not (CAUSAL_DIR / "model.safetensors").exists(), reason="run `make model` first"
+)
 
 
 def test_split_lists_are_disjoint_and_cover_existing_modules():

@@ -38,7 +38,9 @@ def test_groups_fit_their_own_range():
     # Two groups of 4: scales 1 and 2, both ranges exactly representable at 2 bits.
     torch.testing.assert_close(rtn_quantize(w, bits=2, group_size=4), w)
     # One grid over the row: scale 2, so 1 -> 0 (0.5 rounds to even) and 3 -> 4.
-    torch.testing.assert_close(rtn_quantize(w, bits=2), torch.tensor([[0.0, 0.0, 2.0, 4.0, 0.0, 2.0, 4.0, 6.0]]))
+    torch.testing.assert_close(
+        rtn_quantize(w, bits=2), torch.tensor([[0.0, 0.0, 2.0, 4.0, 0.0, 2.0, 4.0, 6.0]])
+    )
 
 
 def test_zero_row_and_positive_row():
