@@ -51,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="bf16 (default, the committed model): autocast matmuls to bfloat16 with fp32 master weights, about 2x faster than fp32 on CPUs with AVX512-BF16.")
+                   help="bf16 (default, the committed model): autocast matmuls to bfloat16 with fp32 "
+                        "master weights, about 2x faster than fp32 on CPUs with AVX512-BF16.")
     p.add_argument("--resplit", action="store_true", help="Draw a new train/calibration/held-out split.")
     p.add_argument("--card-only", action="store_true",
                    help="Recompute the greedy samples from the saved model, rewrite README.md and stop.")
@@ -100,7 +101,9 @@ def perplexity(model: LlamaForCausalLM, stream: torch.Tensor, context: int, batc
     for i in range(0, n, batch):
         x = windows[i : i + batch]
         logits = model(x).logits[:, :-1].float()  # (b, context-1, vocab)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
+        )
         nll += loss.item()
         count += x[:, 1:].numel()
     return math.exp(nll / count)
@@ -139,20 +142,40 @@ def greedy_samples(model, tok, max_new_tokens: int = 64) -> dict[str, str]:
 
 
 def write_model_card(out: Path, stats: dict) -> None:
-    """The model card, generated from the numbers the training run recorded."""
-    c = stats["config"]
+    """The model card, generated from the numbers the training run recorded: one function per section,
+    joined by blank lines (every section ends in a newline)."""
     heldout = sorted(corpus._read_list(corpus.HELDOUT_LIST))
     calibration = sorted(corpus._read_list(corpus.CALIBRATION_LIST))
-    flags = "" if c.get("threads", 2) == 2 else f" --threads {c['threads']}"
-    samples_md = "\n".join(f"```python\n{text}\n```\n" for text in stats["samples"].values())
-    passes = c["steps"] * c["batch"] * c["context"] / stats["tokens"]["train"]
-    card = f"""# causal-lm: the project's small Llama-architecture language model
+    sections = (
+        _card_intro(stats),
+        _card_architecture(stats),
+        _card_corpus(stats, heldout, calibration),
+        _card_training(stats),
+        _card_evaluation(stats),
+        _card_limitations(stats),
+        _card_rebuild(stats),
+    )
+    (out / "README.md").write_text("\n".join(sections))
+
+
+def _passes(stats: dict) -> float:
+    """Passes over the training split: tokens seen in training / training tokens."""
+    c = stats["config"]
+    return c["steps"] * c["batch"] * c["context"] / stats["tokens"]["train"]
+
+
+def _card_intro(stats: dict) -> str:
+    return f"""# causal-lm: the project's small Llama-architecture language model
 
 A {stats['params'] / 1e6:.2f}M-parameter `LlamaForCausalLM` trained from scratch on Python source code, so
 that every compression method in `reference_impls/` has a real causal LM to compress on any machine.
 Built by `scripts/train_causal_lm.py` (`make model`); tests load it from here and never retrain it.
+"""
 
-## Architecture
+
+def _card_architecture(stats: dict) -> str:
+    c = stats["config"]
+    return f"""## Architecture
 | | |
 |---|---|
 | layers | {c['layers']} decoder blocks (RMSNorm, SwiGLU MLP, RoPE) |
@@ -162,8 +185,23 @@ Built by `scripts/train_causal_lm.py` (`make model`); tests load it from here an
 | vocabulary | {c['vocab_size']} byte-level BPE tokens (`tokenizers`), trained on the training split |
 | embeddings | input and output embeddings tied |
 | parameters | {stats['params']:,} (float32 safetensors) |
+"""
 
-## Corpus and split
+
+def _card_split_row(stats: dict, part: str, label: str) -> str:
+    """One row of the split table (a Markdown row must stay on one line): files, characters, tokens."""
+    return f"| {label} | {stats['files'][part]} | {stats['chars'][part]:,} | {stats['tokens'][part]:,} |"
+
+
+def _card_corpus(stats: dict, heldout: list[str], calibration: list[str]) -> str:
+    calibration_label = f"calibration ({len(calibration)} units, `calibration_modules.txt`)"
+    heldout_label = f"held-out ({len(heldout)} units, `heldout_modules.txt`)"
+    rows = "\n".join((
+        _card_split_row(stats, "train", "train"),
+        _card_split_row(stats, "calibration", calibration_label),
+        _card_split_row(stats, "heldout", heldout_label),
+    ))
+    return f"""## Corpus and split
 The `.py` files of the standard library of the interpreter that runs the script (Python
 {stats['python']} here), sorted by path, without `test/`, `tests/`, `idle_test/`, `site-packages/`,
 and the generated data modules `encodings` (codec tables) and `pydoc_data` (one huge string).
@@ -173,22 +211,35 @@ every machine with the same Python version (units absent from another version ar
 
 | part | files | characters | tokens |
 |---|---|---|---|
-| train | {stats['files']['train']} | {stats['chars']['train']:,} | {stats['tokens']['train']:,} |
-| calibration ({len(calibration)} units, `calibration_modules.txt`) | {stats['files']['calibration']} | {stats['chars']['calibration']:,} | {stats['tokens']['calibration']:,} |
-| held-out ({len(heldout)} units, `heldout_modules.txt`) | {stats['files']['heldout']} | {stats['chars']['heldout']:,} | {stats['tokens']['heldout']:,} |
+{rows}
 
 Held-out units: {', '.join(heldout)}.
 Calibration units: {', '.join(calibration)}.
+"""
 
-## Training
+
+def _card_training(stats: dict) -> str:
+    c = stats["config"]
+    steps, batch, context = c["steps"], c["batch"], c["context"]
+    train_tokens_m = steps * batch * context / 1e6
+    precision = c.get("precision", "fp32")
+    train_min, total_min = stats["train_seconds"] / 60, stats["total_seconds"] / 60
+    seed, threads, torch_version = c["seed"], c["threads"], stats["torch"]
+    final_loss = stats["final_train_loss_ema"]
+    return f"""## Training
 AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices), peak learning rate {c['lr']}, {c['warmup']} warm-up
-steps then cosine decay to 10%, {c['steps']} steps of {c['batch']} random windows of {c['context']} tokens
-({c['steps'] * c['batch'] * c['context'] / 1e6:.2f}M tokens, {passes:.1f} passes over the training split), gradient
-clipping at 1.0, seed {c['seed']}, precision {c.get('precision', 'fp32')}, {c['threads']} CPU thread(s), torch {stats['torch']}.
-Training took {stats['train_seconds'] / 60:.1f} minutes ({stats['total_seconds'] / 60:.1f} minutes in all, tokenizer and
-evaluation included) on a 2-core CPU. Final training loss (moving average): {stats['final_train_loss_ema']:.3f}.
+steps then cosine decay to 10%, {steps} steps of {batch} random windows of {context} tokens
+({train_tokens_m:.2f}M tokens, {_passes(stats):.1f} passes over the training split), gradient
+clipping at 1.0, seed {seed}, precision {precision}, {threads} CPU thread(s), torch {torch_version}.
+Training took {train_min:.1f} minutes ({total_min:.1f} minutes in all, tokenizer and
+evaluation included) on a 2-core CPU. Final training loss (moving average): {final_loss:.3f}.
+"""
 
-## Evaluation (held-out modules, non-overlapping windows of {c['context']} tokens)
+
+def _card_evaluation(stats: dict) -> str:
+    context = stats["config"]["context"]
+    samples_md = "\n".join(f"```python\n{text}\n```\n" for text in stats["samples"].values())
+    return f"""## Evaluation (held-out modules, non-overlapping windows of {context} tokens)
 | model | perplexity |
 |---|---|
 | this model | **{stats['heldout_perplexity']:.2f}** |
@@ -197,23 +248,33 @@ evaluation included) on a 2-core CPU. Final training loss (moving average): {sta
 Greedy continuations (64 new tokens, no sampling) of four fixed prompts, exactly as generated:
 
 {samples_md}
+"""
 
-## Limitations
-A tiny model on a tiny corpus: {passes:.1f} passes over {stats['tokens']['train'] / 1e6:.1f}M training tokens, a budget
+
+def _card_limitations(stats: dict) -> str:
+    passes, train_tokens_m = _passes(stats), stats["tokens"]["train"] / 1e6
+    below_unigram = stats["unigram_perplexity"] / stats["heldout_perplexity"]
+    return f"""## Limitations
+A tiny model on a tiny corpus: {passes:.1f} passes over {train_tokens_m:.1f}M training tokens, a budget
 chosen so that `make model` fits within an hour on a 2-core CPU. It sits
-{stats['unigram_perplexity'] / stats['heldout_perplexity']:.1f}x below the unigram perplexity and writes Python-shaped code
+{below_unigram:.1f}x below the unigram perplexity and writes Python-shaped code
 (indentation, `def`/`class` lines, docstrings, plausible identifiers and calls), but it does not
 write correct programs and it repeats itself on longer continuations. It has none of the very large
 activation outlier features that billion-parameter LLMs develop, which several methods (LLM.int8(),
 SmoothQuant, Wanda) are designed around; the benchmarks inject such outliers where a method's premise
 needs them. Compare methods with each other on it, not with published numbers on large models.
+"""
 
-## Rebuild
-`.venv/bin/python scripts/train_causal_lm.py{flags}` rewrites the weights, tokenizer, `training_stats.json` and
+
+def _card_rebuild(stats: dict) -> str:
+    threads = stats["config"].get("threads", 2)
+    flags = "" if threads == 2 else f" --threads {threads}"
+    command = f".venv/bin/python scripts/train_causal_lm.py{flags}"
+    return f"""## Rebuild
+`{command}` rewrites the weights, tokenizer, `training_stats.json` and
 this card (the defaults reproduce the committed model; other thread counts and precisions give slightly
 different weights). `--card-only` regenerates the samples and this card from the saved model.
 """
-    (out / "README.md").write_text(card)
 
 
 def main() -> None:
@@ -232,7 +293,10 @@ def main() -> None:
     files = corpus.stdlib_files()
     if args.resplit or not corpus.HELDOUT_LIST.exists():
         corpus.write_split(*corpus.make_split(files, seed=args.seed))
-    texts = {part: [corpus.read_text(f.path) for f in corpus.split_files(part, files)] for part in ("train", "calibration", "heldout")}
+    texts = {
+        part: [corpus.read_text(f.path) for f in corpus.split_files(part, files)]
+        for part in ("train", "calibration", "heldout")
+    }
     print({k: (len(v), sum(map(len, v))) for k, v in texts.items()}, "files/chars per part", flush=True)
 
     tok = train_tokenizer(texts["train"], args.vocab_size)
@@ -252,8 +316,8 @@ def main() -> None:
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    param_groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
     train = streams["train"]
     model.train()
@@ -287,13 +351,16 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=corpus.EOS_TOKEN, bos_token=corpus.EOS_TOKEN,
-                                     pad_token=corpus.EOS_TOKEN, model_max_length=args.context)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=corpus.EOS_TOKEN,
+                                     bos_token=corpus.EOS_TOKEN, pad_token=corpus.EOS_TOKEN,
+                                     model_max_length=args.context)
     hf_tok.save_pretrained(args.out)
     stats = {
         "params": n_params, "config": {k: v for k, v in vars(args).items() if k not in ("out",)},
-        "files": {k: len(v) for k, v in texts.items()}, "chars": {k: sum(map(len, v)) for k, v in texts.items()},
-        "tokens": {k: v.numel() for k, v in streams.items()}, "heldout_perplexity": ppl, "unigram_perplexity": uni,
+        "files": {k: len(v) for k, v in texts.items()},
+        "chars": {k: sum(map(len, v)) for k, v in texts.items()},
+        "tokens": {k: v.numel() for k, v in streams.items()},
+        "heldout_perplexity": ppl, "unigram_perplexity": uni,
         "train_seconds": train_s, "total_seconds": time.time() - t_start, "final_train_loss_ema": ema,
         "python": platform.python_version(), "torch": torch.__version__, "samples": samples,
     }
