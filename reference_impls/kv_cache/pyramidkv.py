@@ -18,6 +18,9 @@ step is floored, the total can exceed L·B slightly (B = 64, w = 32, L = 6, T = 
 the prompt is compressed; `--decode-evict true` (not in the paper) also bounds each layer during decoding
 at its long-prompt budget (the schedule without the T clamp) by SnapKV's vote over the last `window`
 queries (see `snapkv.py`).
+kvpress's PyramidKVPress computes the schedule in floating point with the window inside each layer's
+budget and rounds per layer (its total is exactly L·B); at a given layer budget it selects the same
+positions as ours (tests/test_kv_eviction.py).
 Not implemented: max pooling, the merge variants and the other methods of KVCache-Factory.
 """
 
