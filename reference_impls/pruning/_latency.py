@@ -2,11 +2,11 @@
 
 A full forward pass over one fixed batch of token ids (4 × 256 by default: on a small model a single
 sequence takes ~30 ms, where timer and scheduler noise are a visible fraction), timed for the dense copy
-and the pruned model in alternation (so both see the same load from other processes sharing the machine), best of n after
-warm-up runs, on whatever device and thread count the process has (the run record's `env` states
-them). Structured pruning makes matrices physically smaller, so the speed-up is real on any device;
-unstructured sparsity stored in dense tensors gives none, which is why only the structured entries
-report latency.
+and the pruned model in alternation (so both see the same load from other processes sharing the
+machine), best of n after warm-up runs, on whatever device and thread count the process has (the run
+record's `env` states them). Structured pruning makes matrices physically smaller, so the speed-up is
+real on any device; unstructured sparsity stored in dense tensors gives none, which is why only the
+structured entries report latency.
 """
 
 from __future__ import annotations

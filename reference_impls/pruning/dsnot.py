@@ -129,7 +129,8 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
         return W.abs()
     if method == "wanda":
         return W.abs() * stats.input_norm.reshape(1, -1)
-    Hinv, dead = inverse_hessian_cholesky(hessian, damp=0.01, dtype=torch.float64)  # SparseGPT's w²/[U]ₖₖ², mask only
+    # SparseGPT's w²/[U]ₖₖ², mask only
+    Hinv, dead = inverse_hessian_cholesky(hessian, damp=0.01, dtype=torch.float64)
     return W.masked_fill(dead.reshape(1, -1), 0) ** 2 / torch.diag(Hinv).reshape(1, -1) ** 2
 
 
@@ -146,7 +147,11 @@ def initial_score(method: str, W: torch.Tensor, stats, hessian: torch.Tensor | N
         "max_cycles": Option(50, "most swaps per row"),
         "update_threshold": Option(0.1 / 2048, "stop a row once its |mean output error| is this small"),
         "var_power": Option(1.0, "power of the input variance dividing the regrow score"),
-        "skip_mlp": Option(True, "leave linears named mlp.* with their initial mask (the repository's default and its name rule: Llama/GPT-2 MLPs; OPT fc1/fc2 and BERT FFNs are still refined)"),
+        "skip_mlp": Option(
+            True,
+            "leave linears named mlp.* with their initial mask (the repository's default and its name "
+            "rule: Llama/GPT-2 MLPs; OPT fc1/fc2 and BERT FFNs are still refined)",
+        ),
     },
 )
 def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_threshold, var_power, skip_mlp):
@@ -163,8 +168,9 @@ def run_dsnot(ctx, *, sparsity, prune_n, prune_m, initial, max_cycles, update_th
             if not (skip_mlp and name.startswith("mlp")):
                 start = reconstruction_error(W, mask, stats.act_mean).sum()
                 mask = dsnot_refine(
-                    W, mask, stats.act_mean, stats.act_var, stats.input_norm, initial_score=score, prune_n=prune_n,
-                    prune_m=prune_m, max_cycles=max_cycles, update_threshold=update_threshold, var_power=var_power,
+                    W, mask, stats.act_mean, stats.act_var, stats.input_norm, initial_score=score,
+                    prune_n=prune_n, prune_m=prune_m, max_cycles=max_cycles,
+                    update_threshold=update_threshold, var_power=var_power,
                 )  # fmt: skip
                 error_ratio.append(
                     float(reconstruction_error(W, mask, stats.act_mean).sum() / start.clamp_min(1e-12))

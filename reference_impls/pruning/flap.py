@@ -113,7 +113,9 @@ from reference_impls.pruning._structure import count_params, decoder_layers  # n
     bench=[{"pruning_ratio": 0.2}],
     bench_models=("causal",),
     fidelity="exact",
-    summary="FLAP: fluctuation-based head/channel removal with a global adaptive structure and bias compensation",
+    summary=(
+        "FLAP: fluctuation-based head/channel removal with a global adaptive structure and bias compensation"
+    ),
     options={"pruning_ratio": Option(0.2, "fraction of the decoder linears' parameters to remove")},
 )
 def run_flap(ctx, *, pruning_ratio: float) -> dict:

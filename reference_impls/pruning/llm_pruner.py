@@ -124,7 +124,9 @@ from reference_impls.pruning._structure import count_params  # noqa: E402
         "time_budget": Option(0.0, "wall-clock limit of the recovery in seconds (0 = none)"),
     },
 )
-def run_llm_pruner(ctx, *, ratio, skip_layers, gradient_batches, recovery_steps, lora_rank, time_budget) -> dict:
+def run_llm_pruner(
+    ctx, *, ratio, skip_layers, gradient_batches, recovery_steps, lora_rank, time_budget
+) -> dict:
     if ctx.loaded.kind != "causal":
         raise ValueError("llm-pruner needs a causal LM: its importance is the gradient of the LM loss")
     sizes = dense_linear_sizes(ctx)

@@ -62,11 +62,17 @@ SCOPES = ("layer", "model")
     "magnitude",
     family="pruning",
     papers=["essential-sparsity"],
-    bench=[{"sparsity": 0.5}, {"prune_n": 2, "prune_m": 4}, {"sparsity": 0.7}, {"sparsity": 0.5, "scope": "model"}],
+    bench=[
+        {"sparsity": 0.5},
+        {"prune_n": 2, "prune_m": 4},
+        {"sparsity": 0.7},
+        {"sparsity": 0.5, "scope": "model"},
+    ],
     fidelity="simplified",
     summary="One-shot magnitude pruning: one |W| threshold per matrix or per model, or N:M (no finetuning)",
     options={**SPARSITY_OPTIONS,
-             "scope": Option("layer", "unstructured threshold per matrix (layer) or over all block linears (model)",
+             "scope": Option("layer",
+                             "unstructured threshold per matrix (layer) or over all block linears (model)",
                              choices=SCOPES)},
 )
 def run_magnitude(ctx, *, sparsity: float, prune_n: int, prune_m: int, scope: str) -> dict:

@@ -190,7 +190,9 @@ from reference_impls.pruning._structure import count_params  # noqa: E402
     bench=[{"sparsity": 0.25}],
     bench_models=("causal",),
     fidelity="exact",
-    summary="SliceGPT: PCA rotations of the residual stream (RMSNorm invariance), then delete rows and columns",
+    summary=(
+        "SliceGPT: PCA rotations of the residual stream (RMSNorm invariance), then delete rows and columns"
+    ),
     options={"sparsity": Option(0.25, "fraction of the residual width removed")},
 )
 def run_slicegpt(ctx, *, sparsity: float) -> dict:

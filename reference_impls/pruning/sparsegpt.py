@@ -99,7 +99,9 @@ from reference_impls.common.storage import quantized_bits  # noqa: E402
         {"sparsity": 0.5, "bits": 4, "group_size": 128},
     ],
     fidelity="exact",
-    summary="SparseGPT: OBS mask selection and weight update, unstructured or N:M, optional joint quantization",
+    summary=(
+        "SparseGPT: OBS mask selection and weight update, unstructured or N:M, optional joint quantization"
+    ),
     options={
         **SPARSITY_OPTIONS,
         "block_size": Option(128, "columns per lazy-update block (and per adaptive mask)"),
@@ -127,7 +129,8 @@ def run_sparsegpt(ctx, *, sparsity, prune_n, prune_m, block_size, damp, bits, gr
                 quantized_bits(rows, cols, bits=bits, group_size=group_size, sym=sym) - rows * cols * bits
             )
             formats[full] = ctx.ledger.add_sparse(
-                full, new, prune_n=prune_n, prune_m=prune_m, value_bits=bits or 16, extra_bits=params if bits else 0
+                full, new, prune_n=prune_n, prune_m=prune_m, value_bits=bits or 16,
+                extra_bits=params if bits else 0,
             )
 
     ctx.walk(process, stats=("hessian",))
