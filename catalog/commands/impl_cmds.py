@@ -196,7 +196,8 @@ def memory(
     model: str = typer.Argument("causal", help="causal, encoder, a model directory or a config.json."),
     method: str | None = typer.Option(None, "--method",
                                       help="Take weight bits and KV bytes from this method's stored run."),
-    context: int | None = typer.Option(None, "--context", help="Tokens in the cache (default: full context)."),
+    context: int | None = typer.Option(None, "--context",
+                                       help="Tokens in the cache (default: full context)."),
     weight_bits: float | None = typer.Option(None, "--weight-bits", help="Bits per parameter (default 16)."),
     kv_bits: float = typer.Option(32.0, "--kv-bits", help="Bits per cached key/value element (float32: 32)."),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="Cache positions kept (eviction)."),
@@ -224,10 +225,12 @@ def memory(
     if as_json:
         _print_json(data)
         return
-    table = Table(title=f"memory of {model}" + (f" with {method} ({run})" if method else ""), show_header=False)
+    title = f"memory of {model}" + (f" with {method} ({run})" if method else "")
+    table = Table(title=title, show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    rows = [("parameters", f"{est.params:,}"), ("weight bits / parameter", f"{est.weight_bits_per_param:.3f}"),
+    rows = [("parameters", f"{est.params:,}"),
+            ("weight bits / parameter", f"{est.weight_bits_per_param:.3f}"),
             ("weight bytes", f"{est.weight_bytes:,}"), ("KV bytes per token", f"{est.kv_bytes_per_token:,}"),
             (f"KV bytes at context {est.context}", f"{est.kv_bytes:,} ({est.kv_positions} positions)"),
             ("bytes moved per generated token", f"{est.bytes_per_token:,}"),

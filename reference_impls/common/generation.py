@@ -372,7 +372,8 @@ def measure_cache(model: nn.Module, policy: KVPolicy, *, prompts: torch.Tensor, 
         "token_match_rate": float((ours.tokens == full.tokens).float().mean()),
         "next_token_kl": kl, "perplexity_kv": ppl, "perplexity_kv_full": ppl_full,
         "tokens_per_s": new_tokens / ours.seconds, "tokens_per_s_full": full.tokens.numel() / full.seconds,
-        "generated_tokens": new_tokens, "prompt_tokens": int(prompts.shape[1]), "kv_batch": int(prompts.shape[0]),
+        "generated_tokens": new_tokens, "prompt_tokens": int(prompts.shape[1]),
+        "kv_batch": int(prompts.shape[0]),
         "heldout_prefill": prefill, "heldout_tokens": int(heldout.shape[0] * (heldout.shape[1] - prefill)),
     }
 

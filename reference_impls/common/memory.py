@@ -76,7 +76,8 @@ def estimate(config, *, params: int, weight_bits_per_param: float = 16.0, contex
     weight_bytes = round(params * weight_bits_per_param / 8)
     kv = per_token * positions
     moved = weight_bytes + kv
-    return MemoryEstimate(params=params, weight_bits_per_param=weight_bits_per_param, weight_bytes=weight_bytes,
+    return MemoryEstimate(params=params, weight_bits_per_param=weight_bits_per_param,
+                          weight_bytes=weight_bytes,
                           kv_bytes_per_token=per_token, context=context, kv_positions=positions, kv_bytes=kv,
                           bytes_per_token=moved, energy_per_token_j=moved * DRAM_J_PER_BYTE)
 
