@@ -1,6 +1,6 @@
 """GQA conversion: "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints"
-(Ainslie, Lee-Thorp, de Jong, Zemlyanskiy, Lebrón, Sanghai; arXiv 2305.13245, EMNLP 2023). The catalog
-has no record of this paper yet, so the entry below is not registered (see the note at the end).
+(Ainslie, Lee-Thorp, de Jong, Zemlyanskiy, Lebrón, Sanghai; arXiv 2305.13245, EMNLP 2023); catalog
+record `gqa`.
 
 The cache holds one key and one value head per KV head, so fewer KV heads is a smaller cache for every
 token. GQA converts a checkpoint to G KV heads by **mean-pooling** the key and value projection heads of
@@ -36,7 +36,7 @@ from reference_impls.common.generation import (
     measure_on_heldout,
     teacher_forced_logprobs,
 )
-from reference_impls.common.registry import Option
+from reference_impls.common.registry import Option, register
 from reference_impls.common.training import TrainConfig, causal_lm_loss, cycle, train
 
 
@@ -90,6 +90,10 @@ OPTIONS = {
 }
 
 
+@register("gqa-convert", family="kv_cache", papers=["gqa"], fidelity="simplified",
+          summary="Mean-pool KV heads per group (MHA/GQA -> fewer KV heads), then uptrain",
+          options=OPTIONS, bench=[{"kv_heads": 1, "max_steps": 0}, {"kv_heads": 1, "max_steps": 200}],
+          bench_models=("causal",))
 def run_gqa_convert(ctx, *, kv_heads, max_steps, time_budget, lr, windows, prefill, new_tokens) -> dict:
     model = ctx.model
     original = copy.deepcopy(model).eval()
@@ -119,10 +123,3 @@ def run_gqa_convert(ctx, *, kv_heads, max_steps, time_budget, lr, windows, prefi
                    kv_bytes_full_original=before_bytes * text.shape[0] * (prefill + new_tokens - 1))
     return metrics
 
-
-# Not registered: the catalog has no record of the GQA paper (arXiv 2305.13245), and a method must name
-# the record it implements. Once `papers/<id>.yaml` exists (with `impl: {module:
-# reference_impls.kv_cache.gqa_convert, fidelity: simplified}`), register with
-#   register("gqa-convert", family="kv_cache", papers=["<id>"], fidelity="simplified",
-#            summary="Mean-pool KV heads per group (MHA/GQA → fewer KV heads), then uptrain",
-#            options=OPTIONS, bench=[{"kv_heads": 1, "max_steps": 200}], bench_models=("causal",))
