@@ -31,6 +31,8 @@ class RunContext:
     loaded: LoadedModel
     calib_samples: int = 128
     seed: int = 0
+    eval_windows: int | None = None  # the held-out windows the runner scores (methods that train a
+    # student score their no-distillation baseline on the same ones)
     ledger: StorageLedger = field(default_factory=StorageLedger)
     progress: Callable[[int, int], None] | None = None
 
@@ -104,7 +106,8 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
         torch.cuda.reset_peak_memory_stats(loaded.device)
     ref = _reference(loaded, eval_windows=eval_windows, papers_dir=papers_dir)
 
-    ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, progress=progress)
+    ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows,
+                     progress=progress)
     method_metrics: dict[str, Any] = {}
     load_before = os.getloadavg()[0]  # timings taken on a busy machine are not comparable: say so
     t0 = time.perf_counter()
