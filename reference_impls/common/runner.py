@@ -53,6 +53,11 @@ class RunContext:
         """Calibration batches, drawn once per run (methods that need none never pay for them)."""
         return data.calibration(self.loaded, n_samples=self.calib_samples, seed=self.seed)
 
+    def heldout_perplexity(self, model=None) -> float:
+        """Perplexity on the runner's own held-out windows (e.g. a trained method's starting point)."""
+        windows = data.heldout_windows(self.loaded, max_windows=self.eval_windows)
+        return evaluate.perplexity(self.model if model is None else model, windows)
+
     def walk(self, process_block: Callable[[layerwise.BlockContext], None], *, stats=("hessian",)) -> None:
         layerwise.walk_blocks(self.model, self.adapter, self.calibration, process_block, stats=stats,
                               progress=self.progress)
