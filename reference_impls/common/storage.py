@@ -4,6 +4,8 @@ Conventions (stated once so every method counts the same way):
 - an uncompressed weight costs 16 bits (fp16/bf16 storage, the baseline every paper compares to);
 - a quantized weight costs `bits`; each quantization group stores a 16-bit scale per output row,
   plus a `bits`-bit integer zero point when asymmetric (symmetric grids have a fixed zero);
+- a low-rank matrix stores its two factors, rank·(out + in) values at their bit width (16 unless the
+  factors are quantized); `rank_for_ratio` turns DESIGN's `--ratio` into that rank;
 - a sparse matrix stores its kept values at their own bit width plus the arrays of its smallest real
   encoding (bitmask, CSR, or N:M position metadata; `sparse_storage`), counted as encoded;
 - `bits_per_weight` is over the compressed layers' weights (the figure papers quote, e.g. 4-bit
@@ -49,6 +51,19 @@ def quantized_bits(
     return out_features * in_features * bits + overhead
 
 
+def rank_for_ratio(out_features: int, in_features: int, ratio: float) -> int:
+    """Rank whose factors keep `ratio` of an (out, in) matrix's parameters: int(m·n·r / (m + n)), the
+    truncation of the SVD-LLM and ASVD repositories (DESIGN §6 `--ratio`)."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"--ratio must be in (0, 1], got {ratio}")
+    return int(out_features * in_features * ratio / (out_features + in_features))
+
+
+def low_rank_bits(out_features: int, in_features: int, *, rank: int, bits: int = DENSE_BITS) -> int:
+    """Bits of the factors A (out, rank) and B (rank, in) of an (out, in) matrix."""
+    return rank * (out_features + in_features) * bits
+
+
 @dataclass
 class StorageLedger:
     """Per-layer record of what each compressed matrix costs; methods add one entry per layer."""
@@ -62,6 +77,13 @@ class StorageLedger:
                       group_size: int = -1, sym: bool = False) -> None:
         self.add(name, out_features * in_features,
                  quantized_bits(out_features, in_features, bits=bits, group_size=group_size, sym=sym))
+
+    def add_low_rank(self, name: str, out_features: int, in_features: int, *, rank: int,
+                     bits: int = DENSE_BITS, extra_bits: int = 0) -> None:
+        """Record an (out, in) matrix stored as two rank-`rank` factors (plus `extra_bits`, e.g. the
+        quantized base a low-rank correction is added to, or a sparse residual)."""
+        self.add(name, out_features * in_features,
+                 low_rank_bits(out_features, in_features, rank=rank, bits=bits) + extra_bits)
 
     def add_sparse(self, name: str, weight, *, prune_n: int = 0, prune_m: int = 0, perm=None,
                    value_bits: int = DENSE_BITS, extra_bits: int = 0) -> str:
