@@ -58,11 +58,48 @@ class Summary(BaseModel):
         return sum(len(text.split()) for text in (self.problem, self.method, self.results, self.limitations))
 
 
-class Impl(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+METHOD_NAME = r"^[a-z0-9][a-z0-9.+-]*$"
 
-    module: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-    fidelity: Literal["exact", "simplified", "family"]
+
+class Impl(BaseModel):
+    """How to run a paper (DESIGN §1), in one of three shapes:
+
+    - `module` + `fidelity` (+ `method`, the registered name when the module registers several, and
+      `note`, one line on how the paper's method differs when the fidelity is `family`);
+    - `covers`: the registered methods a survey, benchmark or model report covers (+ `note`);
+    - `none`: why nothing runs (accepted by `catalog.validate` for those records only).
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    module: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    fidelity: Literal["exact", "simplified", "family"] | None = None
+    method: str | None = Field(None, pattern=METHOD_NAME)
+    note: str | None = Field(None, min_length=1, max_length=300, pattern=r"^[^\n]*$")
+    covers: list[Annotated[str, Field(pattern=METHOD_NAME)]] = Field(default_factory=list)
+    none: str | None = Field(None, min_length=1, max_length=300, pattern=r"^[^\n]*$")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Impl:
+        shapes = [n for n, given in (("module", self.module), ("covers", self.covers),
+                                     ("none", self.none is not None)) if given]
+        if len(shapes) != 1:
+            raise ValueError("give exactly one of module (with fidelity), covers (method names) or none "
+                             f"(a reason); got {', '.join(shapes) or 'neither'}")
+        if self.module and self.fidelity is None:
+            raise ValueError("fidelity is required with module (exact, simplified or family)")
+        if not self.module and (self.fidelity or self.method):
+            raise ValueError("fidelity and method go with module")
+        if self.none is not None and self.note:
+            raise ValueError("none is the reason; note goes with module or covers")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """own (exact/simplified), family, covers or none: the coverage class of the link."""
+        if self.module:
+            return "family" if self.fidelity == "family" else "own"
+        return "covers" if self.covers else "none"
 
 
 class Record(BaseModel):
@@ -159,6 +196,11 @@ class Record(BaseModel):
     @property
     def arxiv_url(self) -> str | None:
         return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None
+
+    @property
+    def runnable(self) -> Impl | None:
+        """The impl when it names a module to run (own or family method), else None."""
+        return self.impl if self.impl is not None and self.impl.module else None
 
     @property
     def summary_text(self) -> str:

@@ -80,7 +80,7 @@ class Filters:
                 and (self.year_to is None or r.year <= self.year_to)
                 and (not venue or (venue in r.venue.casefold() if r.venue else venue == "preprint"))
                 and (self.has_code is None or (r.code is not None) == self.has_code)
-                and (self.has_impl is None or (r.impl is not None) == self.has_impl))
+                and (self.has_impl is None or (r.runnable is not None) == self.has_impl))
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Hit:
         r = self.record
         return {"id": r.id, "title": r.title, "year": r.year, "venue": r.venue, "themes": r.themes,
                 "arxiv": r.arxiv, "url": str(r.url), "score": round(float(self.score), 6),
-                "impl": r.impl.model_dump() if r.impl else None}
+                "impl": r.impl.model_dump(exclude_defaults=True) if r.impl else None}
 
 
 @dataclass
@@ -121,7 +121,7 @@ class _Columns:
         venue_pos = {venue: i for i, venue in enumerate(venues)}
         return cls(year=np.array([r.year for r in records], dtype=int),
                    code=np.array([r.code is not None for r in records], dtype=bool),
-                   impl=np.array([r.impl is not None for r in records], dtype=bool),
+                   impl=np.array([r.runnable is not None for r in records], dtype=bool),
                    themes=themes, leaves=leaves,
                    leaf_of=np.array([leaf_pos[r.taxonomy] for r in records], dtype=int), venues=venues,
                    venue_of=np.array([venue_pos[(r.venue or "").casefold()] for r in records], dtype=int))

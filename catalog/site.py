@@ -45,14 +45,14 @@ def paper_link(r: Record, prefix: str = "../papers/") -> str:
 
 def paper_item(r: Record, prefix: str = "../papers/") -> str:
     venue = f" · {md(r.venue)}" if r.venue else ""
-    impl = " · :octicons-code-16: runnable" if r.impl else ""
+    impl = " · :octicons-code-16: runnable" if r.runnable else ""
     return f"- {paper_link(r, prefix)} <small>({r.year}{venue}{impl})</small>"
 
 
 def badges(r: Record) -> str:
     parts = [f'<span class="atlas-badge atlas-venue">{attr(r.venue or "preprint")}</span>',
              f'<span class="atlas-badge atlas-year">{r.year}</span>']
-    if r.impl:
+    if r.runnable:
         parts.append(f'<span class="atlas-badge atlas-impl">implementation: {attr(r.impl.fidelity)}</span>')
     return " ".join(parts)
 
@@ -95,7 +95,7 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
 
 
 def implementation_section(r: Record, data: SiteData) -> list[str]:
-    if not r.impl:
+    if not r.runnable:
         return []
     info = data.impls.get(r.impl.module, {})
     name = info.get("name", r.impl.module.rsplit(".", 1)[-1])
@@ -256,7 +256,7 @@ def implementations_page(data: SiteData) -> str:
              "method of the family).", ""]
     by_module: dict[str, list[Record]] = defaultdict(list)
     for r in data.records:
-        if r.impl:
+        if r.runnable:
             by_module[r.impl.module].append(r)
     if not by_module:
         lines.append("No implementation is linked from the catalog yet.")
@@ -273,7 +273,7 @@ def implementations_page(data: SiteData) -> str:
 
 def home_page(data: SiteData) -> str:
     vocab = vocabulary()
-    n_impl = sum(1 for r in data.records if r.impl)
+    n_impl = sum(1 for r in data.records if r.runnable)
     n_code = sum(1 for r in data.records if r.code)
     lines = [front_matter("LLM Compression Atlas"), "# LLM Compression Atlas", "",
              "A curated, searchable map of the research on compressing large language models — quantization, "

@@ -128,7 +128,7 @@ def implementations(records: list[Record], cache_dir: Path | None = None) -> dic
     cached by source hash (`cached_registry_index`).
     """
     index = registry_index() if cache_dir is None else cached_registry_index(cache_dir)
-    linked = sorted({r.impl.module for r in records if r.impl})
+    linked = sorted({r.impl.module for r in records if r.runnable})
     return {module: index[module] for module in linked if module in index}
 
 

@@ -42,6 +42,48 @@ def _module_exists(name: str) -> bool:
     return False
 
 
+# DESIGN §1/issue 21 §4: a record of a method theme links running code (its own method or its family's);
+# surveys, benchmarks and model reports link what they cover or say why nothing runs (`impl.none`).
+METHOD_THEMES = ("quantization", "pruning", "distillation", "low-rank", "memory", "prompt", "finetuning",
+                 "encoding")
+REPORT_THEMES = ("compression", "benchmarks", "open-source-models")
+# Whether a method-theme record without `impl` is an error (True) or counted as a warning (False).
+REQUIRE_IMPL = False
+_REGISTER_CALL = re.compile(r"""\bregister\(\s*["']([a-z0-9][a-z0-9.+-]*)["']""")
+
+
+def registered_names() -> dict[str, str]:
+    """Registered method name -> module, read from the `@register("name", ...)` calls in the sources.
+
+    A text scan, so `atlas validate` imports no torch; tests/test_impl_links.py checks the same links
+    against the real registry.
+    """
+    try:
+        spec = importlib.util.find_spec("reference_impls")
+    except (ImportError, ValueError):
+        return {}
+    names: dict[str, str] = {}
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        root = Path(location)
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root)
+            if rel.parts[0] == "common" or path.name.startswith("_"):
+                continue
+            module = ".".join(("reference_impls", *rel.with_suffix("").parts))
+            for name in _REGISTER_CALL.findall(path.read_text(encoding="utf-8", errors="replace")):
+                names.setdefault(name, module)
+    return names
+
+
+def needs_impl(record) -> bool:
+    return any(t in METHOD_THEMES for t in record.themes)
+
+
+def missing_impl(records) -> list:
+    """Records of a method theme that carry no `impl` at all."""
+    return [r for r in records if needs_impl(r) and r.impl is None]
+
+
 def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> list[CatalogError]:
     errors: list[CatalogError] = []
 
@@ -51,6 +93,7 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
 
     _check_unique(catalog, err)
     _check_records(catalog, err)
+    _check_impls(catalog, err)
     if coverage:
         errors.extend(coverage_errors(catalog, papers))
     return errors
@@ -83,7 +126,7 @@ def _check_records(catalog: Catalog, err: Callable[[str, str, str], None]) -> No
             # a link to a file that failed to load is that file's error, not this one's
             if rid not in ids and rid not in catalog.broken:
                 err(record.id, "related", f"unknown record id '{rid}'{suggest(rid, ids)}")
-        if record.impl and not _module_exists(record.impl.module):
+        if record.runnable and not _module_exists(record.impl.module):
             err(record.id, "impl", f"module '{record.impl.module}' cannot be imported")
         words = record.summary.word_count()
         lo, hi = SUMMARY_WORDS
@@ -91,6 +134,34 @@ def _check_records(catalog: Catalog, err: Callable[[str, str, str], None]) -> No
             err(record.id, "summary", f"{words} words; a summary has {lo}-{hi} words over its four fields")
         if not 1 <= len(record.tags):
             err(record.id, "tags", "at least one tag is required")
+
+
+def _impl_problem(record, names: dict[str, str]) -> str | None:
+    impl = record.impl
+    if impl is None:
+        return "a record of a method theme links running code: impl.module (its own method, or its " \
+               "family's closest with fidelity family and a note), or impl.covers / impl.none for surveys, " \
+               "benchmarks and model reports" if REQUIRE_IMPL and needs_impl(record) else None
+    if impl.method and names.get(impl.method) != impl.module:
+        return f"impl.method '{impl.method}' is not registered by {impl.module}{suggest(impl.method, names)}"
+    if impl.fidelity == "family" and not impl.note:
+        return "impl.note: one line saying how this paper's method differs from the family method linked"
+    unknown = [n for n in impl.covers if n not in names]
+    if unknown:
+        return f"impl.covers: '{unknown[0]}' is not a registered method{suggest(unknown[0], names)}"
+    if (impl.covers or impl.none is not None) and not any(t in REPORT_THEMES for t in record.themes):
+        kind = "covers" if impl.covers else "none"
+        return (f"impl.{kind} is for surveys, benchmarks and model reports (themes "
+                f"{', '.join(REPORT_THEMES)}); link a module with fidelity family and a note instead")
+    return None
+
+
+def _check_impls(catalog: Catalog, err: Callable[[str, str, str], None]) -> None:
+    names = registered_names() if any(r.impl for r in catalog.records) else {}
+    for record in catalog.records:
+        problem = _impl_problem(record, names)
+        if problem:
+            err(record.id, "impl", problem)
 
 
 def coverage_errors(catalog: Catalog, papers: Path) -> list[CatalogError]:

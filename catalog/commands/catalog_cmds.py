@@ -126,7 +126,7 @@ def show(
     out.print(f"tags: {', '.join(r.tags)}", highlight=False)
     for name in ("problem", "method", "results", "limitations"):
         out.print(f"\n[bold]{name.capitalize()}[/bold]\n{getattr(r.summary, name)}", highlight=False)
-    if r.impl:
+    if r.runnable:
         out.print(f"\n[bold]Implementation[/bold]: {r.impl.module} ({r.impl.fidelity})", highlight=False)
     if r.related:
         out.print(f"\nrelated: {', '.join(r.related)}", highlight=False)
