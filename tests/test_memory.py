@@ -1,6 +1,7 @@
 """The memory and energy calculator: its figures equal what generation holds, and `atlas memory`."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,12 @@ def test_atlas_memory_cli(tmp_path):
     assert res.exit_code == 1 and "no model_type" in res.output
     res = runner.invoke(app, ["memory", "causal", "--method", "nosuch"])
     assert res.exit_code == 1 and "unknown method" in res.output
+    # the stored run's KV ratio is measured against the float32 cache: --kv-bits on top would count twice
+    res = runner.invoke(app, ["memory", "causal", "--method", "kivi", "--kv-bits", "2"])
+    assert res.exit_code == 1 and "exclude each other" in res.output
+    res = runner.invoke(app, ["memory", "causal", "--method", "kivi", "--json"])
+    assert res.exit_code == 0, res.output
+    stored = json.loads(Path("results/kivi.json").read_text())["runs"]
+    ratios = [r["metrics"]["kv_bytes_ratio"] for r in stored]
+    full = memory.kv_bytes_per_token(memory.load_config("causal"), kv_bits=32)
+    assert json.loads(res.output)["kv_bytes_per_token"] in {round(full * r) for r in ratios}

@@ -199,7 +199,8 @@ def memory(
     context: int | None = typer.Option(None, "--context",
                                        help="Tokens in the cache (default: full context)."),
     weight_bits: float | None = typer.Option(None, "--weight-bits", help="Bits per parameter (default 16)."),
-    kv_bits: float = typer.Option(32.0, "--kv-bits", help="Bits per cached key/value element (float32: 32)."),
+    kv_bits: float | None = typer.Option(
+        None, "--kv-bits", help="Bits per cached key/value element (default 32: the runs hold float32)."),
     kv_budget: int | None = typer.Option(None, "--kv-budget", help="Cache positions kept (eviction)."),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
 ) -> None:
@@ -211,11 +212,15 @@ def memory(
     from reference_impls.common import registry
     from reference_impls.common.models import ENCODER_TYPES, ModelMissingError
 
+    if method and kv_bits is not None:
+        # the stored run's KV ratio is already measured against the float32 cache: scaling it by
+        # --kv-bits as well would count the quantization twice
+        raise _fail("--kv-bits and --method exclude each other: --method takes the KV bytes its run measured")
     try:
         config = mem.load_config(model)
         bits, kv_ratio, run = (_method_figures(method, model) if method else (16.0, 1.0, ""))
         est = mem.estimate(config, params=mem.count_params(config), context=context, kv_budget=kv_budget,
-                           weight_bits_per_param=weight_bits or bits, kv_bits=kv_bits * kv_ratio,
+                           weight_bits_per_param=weight_bits or bits, kv_bits=(kv_bits or 32.0) * kv_ratio,
                            causal=config.model_type not in ENCODER_TYPES)
     except ModelMissingError as exc:
         raise _fail(str(exc), 2) from None
