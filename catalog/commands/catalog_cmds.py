@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog.cli_app import PapersOption, app, papers_dir
+from catalog.coverage import coverage
 from catalog.load import CatalogInvalid, load_catalog, load_records
 from catalog.schema import Record
 from catalog.vocabulary import suggest, vocabulary
@@ -69,7 +70,21 @@ def validate(
     if catalog.errors:
         err.print(f"{len(catalog.errors)} error(s) in {papers_dir(papers)}", highlight=False)
         raise typer.Exit(1)
+    _warn_missing_impl(catalog.records)
     err.print(f"[green]ok[/green]: {len(catalog.records)} records valid", highlight=False)
+
+
+def _warn_missing_impl(records: list[Record]) -> None:
+    """While catalog.validate.REQUIRE_IMPL is off, records of a method theme without impl are counted."""
+    from catalog.validate import METHOD_THEMES, REQUIRE_IMPL, missing_impl
+
+    missing = missing_impl(records)
+    if REQUIRE_IMPL or not missing:
+        return
+    per_theme = Counter(t for r in missing for t in r.themes if t in METHOD_THEMES)
+    detail = ", ".join(f"{t} {n}" for t, n in per_theme.most_common())
+    err.print(f"[yellow]warning[/yellow]: {len(missing)} record(s) of a method theme have no impl "
+              f"({detail}); see atlas stats", highlight=False)
 
 
 def _filter(records: list[Record], theme: str | None, year: int | None) -> list[Record]:
@@ -179,13 +194,15 @@ def stats(
         "years": dict(sorted(Counter(r.year for r in records).items())),
         "venues": dict(venues.most_common()),
         "without_code": sorted(r.id for r in records if r.code is None),
-        "with_impl": sorted(r.id for r in records if r.impl),
+        "with_impl": sorted(r.id for r in records if r.runnable),
+        "impl_coverage": coverage(records),
     }
     if as_json:
         print_json(counts)
         return
     out.print(f"[bold]{counts['records']} records[/bold], {len(counts['without_code'])} without code, "
               f"{len(counts['with_impl'])} with a reference implementation")
+    out.print(coverage_table(counts["impl_coverage"]))
     for title, data in (("theme", counts["themes"]), ("taxonomy leaf", counts["taxonomy"]),
                         ("year", counts["years"]), ("venue", counts["venues"])):
         table = Table(title=f"per {title}")
@@ -194,6 +211,23 @@ def stats(
         for key, n in data.items():
             table.add_row(str(key), str(n), style="red" if n == 0 else None)
         out.print(table)
+
+
+def coverage_table(rows: dict[str, dict[str, int]]) -> Table:
+    """Running code per theme: own method, family method, covered methods, a reason for none, missing."""
+    from catalog.coverage import CLASSES, is_method_theme, linked_share
+
+    table = Table(title="running code per theme (own = the paper's method, family = its family's closest)")
+    table.add_column("theme")
+    table.add_column("papers", justify="right")
+    for c in CLASSES:
+        table.add_column(c, justify="right")
+    table.add_column("linked", justify="right")
+    for theme, row in rows.items():
+        gap = row["missing"] and (theme == "all" or is_method_theme(theme))
+        table.add_row(theme, str(row["records"]), *(str(row[c]) for c in CLASSES),
+                      f"{linked_share(row):.0%}", style="red" if gap else None)
+    return table
 
 
 BENCHES = {
