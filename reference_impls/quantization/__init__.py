@@ -1,1 +1,1 @@
-"""Quantization methods: RTN, GPTQ and the methods built on their grid (weight-only, weight-activation, low-bit)."""
+"""Quantization methods: RTN, GPTQ and the methods built on their grid."""
