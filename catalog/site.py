@@ -32,6 +32,7 @@ class SiteData:
     similar: dict[str, list[str]] = field(default_factory=dict)  # id -> similar ids, best first
     impls: dict[str, dict] = field(default_factory=dict)  # module -> {"name", "options", ...}
     results: dict[str, list[dict]] = field(default_factory=dict)  # method name -> result records
+    runs: list = field(default_factory=list)  # every run of results/*.json as catalog.results.Run
 
     def __post_init__(self):
         self.by_id = {r.id: r for r in self.records}

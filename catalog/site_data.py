@@ -132,8 +132,17 @@ def implementations(records: list[Record], cache_dir: Path | None = None) -> dic
     return {module: index[module] for module in linked if module in index}
 
 
+def method_families(cache_dir: Path) -> dict[str, str]:
+    """Registered method name -> family (the folder under reference_impls/ of its module)."""
+    index = cached_registry_index(cache_dir)
+    return {name: module.split(".")[1] for module, info in index.items() for name in info.get("names", [])}
+
+
 def site_data(records: list[Record], root: Path) -> SiteData:
+    from catalog.results import load_runs
+
     cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
     return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir),
-                    results=load_results(root / "results"))
+                    results=load_results(root / "results"),
+                    runs=load_runs(root / "results", method_families(cache_dir)))
