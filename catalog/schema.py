@@ -10,8 +10,18 @@ import datetime as dt
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
 
+from catalog.urls import check_url
 from catalog.vocabulary import suggest, vocabulary
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -38,6 +48,27 @@ def _record_id(rid: str) -> str:
     if not SLUG.match(rid):
         raise ValueError(f"'{rid}' is not a record id")
     return rid
+
+
+# Line breaks, other control characters and bidirectional overrides (which reorder what a reader sees).
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _one_line(limit: int):
+    def check(text: str) -> str:
+        bad = _NOT_ONE_LINE.search(text)
+        if bad:
+            char = bad.group(0)
+            what = "a line break" if char in "\r\n\u2028\u2029" else f"control character {char!r}"
+            raise ValueError(f"must be one line of text; it contains {what}")
+        if len(text) > limit:
+            raise ValueError(f"{len(text)} characters; at most {limit}")
+        return text
+    return AfterValidator(check)
+
+
+def _link(value):
+    return None if value is None else check_url(value)
 
 
 # Per-item validators, so an error's location names the offending list element (and its line).
@@ -106,13 +137,13 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     id: str
-    title: str = Field(min_length=3)
-    authors: list[str] = Field(min_length=1)
+    title: Annotated[str, _one_line(300)] = Field(min_length=3)
+    authors: list[Annotated[str, _one_line(100)]] = Field(min_length=1)
     year: int = Field(ge=1950, le=2100)
-    venue: str | None = None
+    venue: Annotated[str, _one_line(100)] | None = None
     arxiv: str | None = None
-    url: HttpUrl
-    code: HttpUrl | None = None
+    url: Annotated[HttpUrl, BeforeValidator(_link)]  # strict: catalog.urls
+    code: Annotated[HttpUrl | None, BeforeValidator(_link)] = None
     themes: list[Theme] = Field(min_length=1, max_length=3)
     taxonomy: str
     tags: list[Tag] = Field(default_factory=list)

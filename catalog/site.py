@@ -16,7 +16,7 @@ from pathlib import Path
 
 from catalog.export import citation_keys, to_bibtex, to_json
 from catalog.schema import Record
-from catalog.site_text import attr, front_matter, leaf_slug, md
+from catalog.site_text import button, code_block, front_matter, leaf_slug, md
 from catalog.vocabulary import vocabulary
 
 SUMMARY_FIELDS = ("problem", "method", "results", "limitations")
@@ -51,10 +51,10 @@ def paper_item(r: Record, prefix: str = "../papers/") -> str:
 
 
 def badges(r: Record) -> str:
-    parts = [f'<span class="atlas-badge atlas-venue">{attr(r.venue or "preprint")}</span>',
+    parts = [f'<span class="atlas-badge atlas-venue">{md(r.venue or "preprint")}</span>',
              f'<span class="atlas-badge atlas-year">{r.year}</span>']
     if r.runnable:
-        parts.append(f'<span class="atlas-badge atlas-impl">implementation: {attr(r.impl.fidelity)}</span>')
+        parts.append(f'<span class="atlas-badge atlas-impl">implementation: {md(r.impl.fidelity)}</span>')
     return " ".join(parts)
 
 
@@ -70,11 +70,11 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
              f"**Authors:** {md(', '.join(r.authors))}", ""]
     links = []
     if r.arxiv:
-        links.append(f"[arXiv {md(r.arxiv)}](https://arxiv.org/abs/{attr(r.arxiv)}){{ .md-button }}")
+        links.append(button(f"arXiv {r.arxiv}", r.arxiv_url))
     if str(r.url) != (r.arxiv_url or ""):
-        links.append(f"[Paper]({attr(str(r.url))}){{ .md-button }}")
+        links.append(button("Paper", str(r.url)))
     if r.code:
-        links.append(f"[Official code]({attr(str(r.code))}){{ .md-button }}")
+        links.append(button("Official code", str(r.code)))
     lines += [" ".join(links), ""]
     for name in SUMMARY_FIELDS:
         lines += [f"## {name.capitalize()}", "", md(getattr(r.summary, name)), ""]
@@ -91,7 +91,7 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
     if similar:
         lines += ["## Similar papers", "", "<small>Nearest neighbours by the atlas search engine.</small>",
                   "", *[paper_item(x, "") for x in similar], ""]
-    lines += ["## Cite", "", "```bibtex", bibtex.strip(), "```", ""]
+    lines += ["## Cite", "", *code_block(bibtex.strip(), "bibtex"), ""]
     return "\n".join(lines)
 
 
