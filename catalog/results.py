@@ -19,11 +19,12 @@ from pathlib import Path
 log = logging.getLogger("atlas.results")
 
 # The options that set a method's compression budget, in the order a setting is written.
-BUDGET_OPTIONS = ("bits", "group_size", "fmt", "scheme", "sparsity", "prune_n", "prune_m", "pruning_ratio", "ratio",
-                  "n_remove", "budget", "rank")
+BUDGET_OPTIONS = ("bits", "group_size", "fmt", "scheme", "sparsity", "prune_n", "prune_m", "pruning_ratio",
+                  "ratio", "n_remove", "budget", "rank")
 # (metric, reference metric, label): the first one a run reports is the quality it changed.
 QUALITY_METRICS = (("perplexity_kv", "perplexity_kv_full", "perplexity, generation through the cache"),
-                   ("perplexity_compressed", "perplexity_full_context", "perplexity after the compressed prompt"),
+                   ("perplexity_compressed", "perplexity_full_context",
+                    "perplexity after the compressed prompt"),
                    ("perplexity", "perplexity_fp", "held-out perplexity"),
                    ("cosine", None, "embedding cosine to the uncompressed encoder"))
 
@@ -101,7 +102,7 @@ class Run:
         o = self.options
         bits = o.get("bits")
         pairs = []
-        if isinstance(bits, int | float) and not isinstance(bits, bool) and bits < 16:
+        if isinstance(bits, int | float) and not isinstance(bits, bool) and 0 < bits < 16:  # 0: off
             pairs += [("bits", bits), ("group_size", o.get("group_size"))]
         for key in ("fmt", "scheme", "sparsity", "pruning_ratio", "ratio", "n_remove", "budget", "rank"):
             if o.get(key) not in (None, 0, 0.0, False, ""):
