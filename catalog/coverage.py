@@ -38,3 +38,18 @@ def linked_share(row: dict[str, int]) -> float:
 
 def is_method_theme(theme: str) -> bool:
     return theme in METHOD_THEMES
+
+
+def coverage_markdown(records: list[Record], theme_prefix: str = "themes/") -> list[str]:
+    """The home page's coverage table (Markdown lines)."""
+    rows = coverage(records)
+    lines = ["## Running code per theme", "",
+             "Every paper of a method theme links a tested reference implementation: **own** (its method), "
+             "**family** (the family's closest method, with a note on how the paper differs); surveys, "
+             "benchmarks and model reports link the methods they **cover** or say why **none** runs.", "",
+             "| theme | papers | own | family | covers | none | missing | linked |", "|---" * 8 + "|"]
+    for theme, row in rows.items():
+        name = "**all**" if theme == "all" else f"[{theme}]({theme_prefix}{theme}.md)"
+        lines.append(f"| {name} | {row['records']} | " + " | ".join(str(row[c]) for c in CLASSES)
+                     + f" | {linked_share(row):.0%} |")
+    return lines + [""]

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from catalog.coverage import coverage_markdown
 from catalog.export import citation_keys, to_bibtex, to_json
+from catalog.results import Run
 from catalog.schema import Record
+from catalog.site_results import family_comparison, results_page_for
 from catalog.site_text import button, code_block, front_matter, leaf_slug, md
 from catalog.vocabulary import vocabulary
 
@@ -96,14 +99,24 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
 
 
 def implementation_section(r: Record, data: SiteData) -> list[str]:
+    if r.impl is not None and r.impl.covers:
+        names = ", ".join(f"`{md(n)}`" for n in r.impl.covers)
+        note = f" {md(r.impl.note)}" if r.impl.note else ""
+        return ["## Reference implementations of what it covers", "",
+                f"Runnable methods: {names} ([Implementations](../implementations.md), "
+                f"[Results](../results.md)).{note}", ""]
+    if r.impl is not None and r.impl.none:
+        return ["## Reference implementation", "", f"None: {md(r.impl.none)}", ""]
     if not r.runnable:
         return []
     info = data.impls.get(r.impl.module, {})
-    name = info.get("name", r.impl.module.rsplit(".", 1)[-1])
+    name = r.impl.method or info.get("name", r.impl.module.rsplit(".", 1)[-1])
     fidelity = FIDELITY_MEANING[r.impl.fidelity]
     lines = ["## Reference implementation", "",
-             f"Module `{r.impl.module}` — fidelity **{r.impl.fidelity}** ({fidelity}).", "",
-             "```bash", f"atlas run {name} --model causal --json", "```", ""]
+             f"Module `{r.impl.module}` — fidelity **{r.impl.fidelity}** ({fidelity}).", ""]
+    if r.impl.note:
+        lines += [f"**How this paper differs:** {md(r.impl.note)}", ""]
+    lines += ["```bash", f"atlas run {name} --model causal --json", "```", ""]
     if info.get("doc"):
         # The module docstring is where each implementation states what it does and leaves out.
         opened = "!!!" if r.impl.fidelity != "exact" else "???"
@@ -113,6 +126,7 @@ def implementation_section(r: Record, data: SiteData) -> list[str]:
     rows = data.results.get(name, [])
     if rows:
         lines += results_table(rows)
+        lines += family_comparison(name, data.runs, set(data.by_id))
     else:
         lines += ["No measured results yet (`atlas bench` writes them to `results/`).", ""]
     return lines
@@ -131,17 +145,17 @@ def results_table(rows: list[dict]) -> list[str]:
     page), the headline metric, the uncompressed reference, true bits/weight and compression time."""
     keys = sorted({k for row in rows for k in row.get("options", {})})
     varying = [k for k in keys if len({json.dumps(row.get("options", {}).get(k)) for row in rows}) > 1]
-    # Each row names only what it changes from the most common value of each varying option.
-    common = {k: Counter(json.dumps(row.get("options", {}).get(k)) for row in rows).most_common(1)[0][0]
-              for k in varying}
+    fixed = [k for k in keys if k not in varying]
     header = ["model", "setting", "metric", "full precision", "bits/weight", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=_model_then_options):
         m = row.get("metrics", {})
-        if "perplexity" in m:
-            # three decimals: the gaps between methods on the small model are fractions of a point
-            metric = f"perplexity {m['perplexity']:.3f}"
-            ref = f"{m['perplexity_fp']:.3f}" if isinstance(m.get("perplexity_fp"), float) else ""
+        label, value, reference = Run(method="", family="", model="", options={}, metrics=m).quality
+        if value is not None and label.startswith(("perplexity", "held-out")):
+            # three decimals: the gaps between methods on the small model are fractions of a point;
+            # a KV-cache or prompt method reports the perplexity it changes, not that of the weights
+            metric = f"{label} {value:.3f}"
+            ref = f"{reference:.3f}" if reference is not None else ""
         elif "cosine" in m:
             metric = f"cosine {m['cosine']:.3f}, top-10 {_fmt(m.get('retrieval_agreement', ''))}"
             ref = "1"
@@ -150,16 +164,16 @@ def results_table(rows: list[dict]) -> list[str]:
         if "sparsity" in m:
             metric += f", sparsity {m['sparsity']:.3f}"
         options = row.get("options", {})
-        changed = [k for k in varying if json.dumps(options.get(k)) != common[k]]
-        setting = ", ".join(f"{k}={_fmt(options.get(k, ''))}" for k in changed) or "common setting"
+        # the actual value of every option that differs between rows (the fixed ones are under the table)
+        setting = ", ".join(f"{k}={_fmt(options.get(k, ''))}" for k in varying or fixed)
         bpw = row.get("bits_per_weight")
         model = str(row.get("model", "")).rsplit("/", 1)[-1]
         cells = [md(model), md(setting), md(metric), md(ref), "" if bpw is None else f"{bpw:.3f}",
                  f"{float(row.get('time_s', 0)):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    if varying:
-        shared = ", ".join(f"{k}={_fmt(json.loads(v))}" for k, v in common.items())
-        lines += ["", md(f"Common setting: {shared}; other rows list what they change.")]
+    if varying and fixed:
+        shared = ", ".join(f"{k}={_fmt(rows[0].get('options', {}).get(k))}" for k in fixed)
+        lines += ["", md(f"Every row: {shared}.")]
     return lines + [""]
 
 
@@ -286,7 +300,7 @@ def home_page(data: SiteData) -> str:
              f"<span><b>{len(vocab.taxonomy)}</b> taxonomy leaves</span>"
              f"<span><b>{n_code}</b> with official code</span>"
              f"<span><b>{n_impl}</b> with a reference implementation</span></div>",
-             "", "## Themes", "", '<div class="grid cards" markdown>', ""]
+             "", *coverage_markdown(data.records), "## Themes", "", '<div class="grid cards" markdown>', ""]
     for theme, description in vocab.themes.items():
         n = sum(theme in r.themes for r in data.records)
         lines += [f"-   **[{md(theme.replace('-', ' ').capitalize())}](themes/{theme}.md)** · {n} papers", "",
@@ -313,7 +327,8 @@ def generate_pages(data: SiteData) -> dict[str, str]:
     keys = citation_keys(data.records)
     pages = {"index.md": home_page(data), "taxonomy.md": taxonomy_page(data), "years.md": years_page(data),
              "venues.md": venues_page(data), "tags.md": tags_page(),
-             "implementations.md": implementations_page(data), "atlas.bib": bib_all,
+             "implementations.md": implementations_page(data), "results.md": results_page_for(data),
+             "atlas.bib": bib_all,
              "atlas.json": json.dumps(to_json(data.records), indent=1, ensure_ascii=False)}
     for r in data.records:
         pages[f"papers/{r.id}.md"] = paper_page(r, data, to_bibtex([r], keys))
