@@ -100,3 +100,42 @@ def test_paper_links_to_theme_and_related(browser, served_site):
     assert "/papers/" in page.url and "/papers/gptq" not in page.url
     assert page.locator("h1").first.inner_text().rstrip("¶").strip() == title.strip()
     page.close()
+
+
+def test_results_page_sorts_filters_and_links_plots(browser, served_site):
+    """The Results page's local script sorts by a numeric column and filters; plot points link papers."""
+    page, errors = open_page(browser, served_site + "/results/")
+    table = page.locator("table.atlas-results-table")
+    rows = table.locator("tbody tr")
+    n = rows.count()
+    assert n > 0
+    headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    col = headers.index("bits/weight")
+    table.locator("thead th").nth(col).click()
+
+    def column_values():
+        cells = table.locator(f"tbody tr:not([hidden]) td:nth-child({col + 1})").evaluate_all(
+            "cells => cells.map(c => c.getAttribute('data-v'))")
+        return [float(v) for v in cells if v]
+
+    values = column_values()
+    assert values == sorted(values) and len(values) > 1
+    table.locator("thead th").nth(col).click()
+    assert column_values() == sorted(values, reverse=True)
+    page.locator(".atlas-filter").fill("gptq")
+    visible = table.locator("tbody tr:not([hidden])")
+    assert 0 < visible.count() < n
+    assert all("gptq" in t.lower() for t in visible.all_inner_texts())
+    page.locator(".atlas-filter").fill("")
+    page.locator(".atlas-family").select_option("pruning")
+    assert set(table.locator("tbody tr:not([hidden])").evaluate_all(
+        "rows => rows.map(r => r.dataset.family)")) == {"pruning"}
+    page.screenshot(path=str(SHOTS / "results.png"), full_page=False)
+    assert page.locator(".atlas-plot svg").count() >= 3
+    link = page.locator(".atlas-plot svg a").first
+    href = link.get_attribute("xlink:href") or link.get_attribute("href")
+    assert href.startswith("../papers/")
+    page.locator(".atlas-plot").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "results-plot.png"), full_page=False)
+    assert not errors, errors
+    page.close()
