@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reference_impls.common import data, evaluate, layerwise, memory, registry
+from reference_impls.common import compose, data, evaluate, layerwise, memory, registry
 from reference_impls.common.models import LoadedModel, load_model
 from reference_impls.common.storage import StorageLedger
 
@@ -35,6 +35,9 @@ class RunContext:
     # student score their no-distillation baseline on the same ones)
     ledger: StorageLedger = field(default_factory=StorageLedger)
     progress: Callable[[int, int], None] | None = None
+    # In a composition: zero patterns of the matrices earlier stages pruned (full name -> bool, True =
+    # pruned), so a later quantizer can keep them (compose.py)
+    pruned_masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def model(self):
@@ -67,14 +70,9 @@ class RunContext:
 
 
 def split_options(methods: list[registry.Method], options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each method's keyword arguments: its defaults overridden by the given options it declares."""
-    known = {k for m in methods for k in m.options}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        valid = ", ".join("--" + k.replace("_", "-") for k in sorted(known)) or "(none)"
-        raise ValueError(f"unknown option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)} for "
-                         f"{'+'.join(m.name for m in methods)}; valid: {valid}")
-    return [{**m.defaults(), **{k: v for k, v in options.items() if k in m.options}} for m in methods]
+    """Each method's keyword arguments: its defaults overridden by the given options it declares
+    (`stage.option` for one stage of a composition; compose.split_options)."""
+    return compose.split_options(methods, options)
 
 
 _REFERENCE_CACHE: dict[tuple, Any] = {}
@@ -113,11 +111,9 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
 
     ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows,
                      progress=progress)
-    method_metrics: dict[str, Any] = {}
     load_before = os.getloadavg()[0]  # timings taken on a busy machine are not comparable: say so
     t0 = time.perf_counter()
-    for m, kwargs in zip(methods, per_method, strict=True):
-        method_metrics.update(m.apply(ctx, **kwargs) or {})
+    method_metrics, stages = compose.apply_stages(ctx, methods, per_method)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     time_s = time.perf_counter() - t0
@@ -144,8 +140,8 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
         loaded.model.save_pretrained(Path(save), safe_serialization=True)
         loaded.tokenizer.save_pretrained(Path(save))
 
-    merged_options = {k: v for kw in per_method for k, v in kw.items()}
-    return {
+    merged_options = compose.record_options(methods, per_method)
+    record = {
         "method": method, "model": model, "options": merged_options, "metrics": metrics,
         "bits_per_weight": ctx.ledger.bits_per_weight(), "params": params, "time_s": time_s,
         "env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(loaded.device),
@@ -153,3 +149,6 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
                 "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(load_before, 2),
                 "energy_assumption": memory.ENERGY_ASSUMPTION},
     }
+    if stages is not None:
+        record["stages"] = stages
+    return record

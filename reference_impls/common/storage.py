@@ -64,19 +64,47 @@ def low_rank_bits(out_features: int, in_features: int, *, rank: int, bits: int =
     return rank * (out_features + in_features) * bits
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What one entry's bits are made of, so that compositions can combine entries exactly
+    (`reference_impls.common.compose`): `n_values` stored values at `value_bits` each, the arrays of a
+    sparse encoding other than its values (`index_bits`: bitmask, CSR indices, N:M metadata) and
+    `extra_bits` (scales, zero points, group indices)."""
+
+    n_values: int
+    value_bits: int
+    index_bits: int = 0
+    extra_bits: int = 0
+
+    @property
+    def bits(self) -> int:
+        return self.n_values * self.value_bits + self.index_bits + self.extra_bits
+
+
 @dataclass
 class StorageLedger:
     """Per-layer record of what each compressed matrix costs; methods add one entry per layer."""
 
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (n_weights, bits)
+    parts: dict[str, Parts] = field(default_factory=dict)  # name -> its breakdown, where known
 
-    def add(self, name: str, n_weights: int, bits: int) -> None:
+    def add(self, name: str, n_weights: int, bits: int, *, value_bits: int | None = None,
+            parts: Parts | None = None) -> None:
+        """`value_bits`: every one of the `n_weights` is stored at this width, the rest of `bits` is
+        overhead (scales, zeros); or the breakdown as `parts`. Either lets a composition combine it."""
         self.layers[name] = (n_weights, bits)
+        if parts is None and value_bits is not None:
+            parts = Parts(n_weights, value_bits, 0, bits - n_weights * value_bits)
+        if parts is not None:
+            self.parts[name] = parts
+        else:
+            self.parts.pop(name, None)
 
     def add_quantized(self, name: str, out_features: int, in_features: int, *, bits: int,
                       group_size: int = -1, sym: bool = False) -> None:
         self.add(name, out_features * in_features,
-                 quantized_bits(out_features, in_features, bits=bits, group_size=group_size, sym=sym))
+                 quantized_bits(out_features, in_features, bits=bits, group_size=group_size, sym=sym),
+                 value_bits=bits)
 
     def add_low_rank(self, name: str, out_features: int, in_features: int, *, rank: int,
                      bits: int = DENSE_BITS, extra_bits: int = 0) -> None:
@@ -97,10 +125,12 @@ class StorageLedger:
 
         enc = best_encoding(weight, nm=(prune_n, prune_m) if prune_n else None, perm=perm)
         if enc is None:
-            self.add(name, weight.numel(), weight.numel() * value_bits + extra_bits)
+            self.add(name, weight.numel(), weight.numel() * value_bits + extra_bits,
+                     parts=Parts(weight.numel(), value_bits, 0, extra_bits))
             return "dense"
         values = enc.arrays["values"]
-        self.add(name, weight.numel(), enc.bits - values.nbytes * 8 + values.size * value_bits + extra_bits)
+        parts = Parts(values.size, value_bits, enc.bits - values.nbytes * 8, extra_bits)
+        self.add(name, weight.numel(), parts.bits, parts=parts)
         return enc.format
 
     @property

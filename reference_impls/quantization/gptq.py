@@ -73,8 +73,12 @@ class ColumnGrid:
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = -1,
          sym: bool = False, act_order: bool = False, block_size: int = 128, damp: float = 0.01,
-         static_groups: bool = False) -> GPTQResult:
-    """GPTQ with its grid parameters (see gptq_quantize)."""
+         static_groups: bool = False, pruned: torch.Tensor | None = None) -> GPTQResult:
+    """GPTQ with its grid parameters (see gptq_quantize).
+
+    `pruned` (bool, (out, in)): weights a previous stage pruned stay exactly zero — each column is
+    quantized, its pruned entries set to zero and the whole error spread by the same update, which is
+    SparseGPT's joint pruning-and-quantization step with the mask fixed (used by compositions)."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
     W = weight.to(dtype).clone()  # (out, in)
     H = hessian.to(dtype).clone()  # (in, in)
@@ -89,6 +93,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in, device=W.device)
     if act_order:
         W, H = W[:, perm], H[perm][:, perm]
+    P = None if pruned is None else pruned.to(W.device)[:, perm]  # (out, in) in the sweep's order
 
     add_damping(H, damp)
     U = inverse_upper_cholesky(H)  # (in, in)
@@ -111,6 +116,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_si
                     q = fake_quantize(w, *static[perm_list[col] // gs], grid.maxq)
                 else:
                     q = grid.quantize(w, col, W)  # from W: finished blocks' updates, not this block's
+                if P is not None:
+                    q = q.masked_fill(P[:, col], 0)
                 Q1[:, i] = q
                 err = (w - q) / U1[i, i]  # (out,)
                 W1[:, i:s2].addr_(err, U1[i, i:s2], alpha=-1)  # Algorithm 1: w_{q:} -= err · U_{q,q:}
@@ -171,7 +178,7 @@ def run_gptq(ctx, *, bits: int, group_size: int, sym: bool, act_order: bool, sta
         for name in block.linears:
             res = gptq(block.weight(name), block.stats[name].hessian, bits=bits, group_size=group_size,
                        sym=sym, act_order=act_order, block_size=block_size, damp=damp,
-                       static_groups=static_groups)
+                       static_groups=static_groups, pruned=ctx.pruned_masks.get(f"{block.name}.{name}"))
             block.set_weight(name, res.weight)
             total_loss += res.loss
             n_out, n_in = res.weight.shape
@@ -179,7 +186,7 @@ def run_gptq(ctx, *, bits: int, group_size: int, sym: bool, act_order: bool, sta
             if act_order and not static_groups and n_groups(n_in, group_size) > 1:
                 # Groups are no longer column ranges: each input column stores its group index.
                 cost += n_in * math.ceil(math.log2(n_groups(n_in, group_size)))
-            ctx.ledger.add(f"{block.name}.{name}", n_out * n_in, cost)
+            ctx.ledger.add(f"{block.name}.{name}", n_out * n_in, cost, value_bits=bits)
 
     ctx.walk(process, stats=("hessian",))
     return {"gptq_loss": total_loss}
