@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import torch
@@ -175,10 +174,12 @@ def recovery_options(*, lr: float, max_steps: int = 100, time_budget: float = 12
 RECOVERY_BENCH = [{"bits": 3}, {"bits": 2}]
 
 
-def check_recovery(*, bits: int, max_steps: int, time_budget: float, lr: float, min_bits: int = 2) -> None:
+def check_recovery(*, bits: int, max_steps: int, time_budget: float, lr: float, min_bits: int = 2,
+                   allow_16: bool = False) -> None:
     """Validate the shared options before any model work (one-line errors naming the option)."""
-    if not min_bits <= bits <= 8:
-        raise ValueError(f"--bits must be between {min_bits} and 8, got {bits}")
+    if not (min_bits <= bits <= 8 or (allow_16 and bits == 16)):
+        extra = " (or 16: no quantization)" if allow_16 else ""
+        raise ValueError(f"--bits must be between {min_bits} and 8{extra}, got {bits}")
     if max_steps < 1:
         raise ValueError(f"--max-steps must be at least 1, got {max_steps}")
     if time_budget < 0:
@@ -211,9 +212,60 @@ def recovery_metrics(*, perplexity_before: float, result: TrainResult, trainable
     return out
 
 
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+# ---------------------------------------------------------------- adapters on a quantized base
+def rtn_base(ctx, *, bits: int, group_size: int) -> None:
+    """Quantize every block linear in place (RTN, stored de-quantized in a plain Linear, frozen by the
+    adapter library); `bits` 16 leaves the base unquantized (plain LoRA/DoRA/AdaLoRA)."""
+    if bits == 16:
+        return
 
-    def __call__(self) -> float:
-        return round(time.perf_counter() - self.t0, 3)
+    def quantize(name: str, w: torch.Tensor) -> torch.Tensor:
+        ctx.ledger.add_quantized(name, *w.shape, bits=bits, group_size=group_size)
+        scale, zero = minmax_grid(w, bits=bits, group_size=group_size)
+        return dequantize(quantize_codes(w, scale, zero, bits=bits), scale, zero)
+
+    ctx.map_linears(quantize)
+
+
+def record_adapters(ctx, model: nn.Module, *, bits: int = 16) -> int:
+    """Add each trainable (adapter) parameter, at `bits` per value, to the ledger entry of the block
+    linear it belongs to (so bits per weight = base + adapters, per base weight); returns the count.
+    A base left unquantized counts at 16 bits."""
+    from reference_impls.common.layerwise import block_linears
+
+    extra: dict[str, int] = {}
+    names = [name for name, _ in block_linears(model, ctx.adapter)]
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            owner = next((n for n in names if pname.startswith(n + ".")), None)
+            if owner is None:
+                raise ValueError(f"trainable parameter {pname} belongs to no block linear")
+            extra[owner] = extra.get(owner, 0) + p.numel()
+    for name, module in block_linears(model, ctx.adapter):
+        n_weights, base_bits = ctx.ledger.layers.get(name) or (0, 0)
+        if not n_weights:
+            w = getattr(module, "base_layer", module).weight
+            n_weights, base_bits = w.numel(), 16 * w.numel()
+        ctx.ledger.add(name, n_weights, base_bits + bits * extra.get(name, 0))
+    return sum(extra.values())
+
+
+def train_adapters(ctx, model: nn.Module, *, before: float, bits: int, max_steps: int, time_budget: float,
+                   lr: float, loss_fn=None, extra: dict | None = None, after=None) -> dict:
+    """Train the parameters of `model` that require grad (the adapters) with the next-token loss,
+    leave the adapters on (unmerged) for evaluation, record their storage; the result figures.
+    `after(result)` runs once training stops, gradients of the last step still in place."""
+    from reference_impls.common.training import causal_lm_loss
+
+    params = trainable(model.parameters())
+    model.train()
+    result = recover(ctx, params, loss_fn or causal_lm_loss(model), max_steps=max_steps,
+                     time_budget=time_budget, lr=lr)
+    if after is not None:
+        after(result)
+    model.eval()
+    n = record_adapters(ctx, ctx.model)
+    for p in params:
+        p.requires_grad_(False)
+    return recovery_metrics(perplexity_before=before, result=result, trainable_params=n, bits=bits,
+                            extra=extra)
