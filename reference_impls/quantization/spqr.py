@@ -177,8 +177,7 @@ def spqr_quantize(weight, hessian, *, bits=3, group_size=16, qq_bits=3, qq_group
         "act_order": Option(True, "permute columns by decreasing H[d,d]"),
         "damp": Option(0.01, "dampening, as a fraction of mean diag(H)"),
     },
-    bench=[{"bits": 2}, {"bits": 3}, {"bits": 2, "outlier_threshold": float("inf")},
-           {"bits": 3, "outlier_threshold": float("inf")}, {"bits": 4}],
+    bench=[{"bits": b, "outlier_threshold": t} for b in (2, 3) for t in (float("inf"), 1.0, 0.2)],
     bench_models=("causal",),
 )
 def run_spqr(ctx, *, bits, group_size, qq_bits, qq_group, outlier_threshold, act_order, damp) -> dict:
