@@ -173,11 +173,11 @@ def spqr_quantize(weight, hessian, *, bits=3, group_size=16, qq_bits=3, qq_group
         "group_size": Option(16, "β₁: input columns per group"),
         "qq_bits": Option(3, "bits of the group scales and zeros (0 = 16-bit statistics)"),
         "qq_group": Option(16, "β₂: rows per second-level group"),
-        "outlier_threshold": Option(0.2, "τ, relative outlier threshold (inf = no outliers)"),
+        "outlier_threshold": Option(0.2, "τ, relative outlier threshold (0 = no outliers)"),
         "act_order": Option(True, "permute columns by decreasing H[d,d]"),
         "damp": Option(0.01, "dampening, as a fraction of mean diag(H)"),
     },
-    bench=[{"bits": b, "outlier_threshold": t} for b in (2, 3) for t in (float("inf"), 1.0, 0.2)],
+    bench=[{"bits": b, "outlier_threshold": t} for b in (2, 3) for t in (0.0, 1.0, 0.2)],
     bench_models=("causal",),
 )
 def run_spqr(ctx, *, bits, group_size, qq_bits, qq_group, outlier_threshold, act_order, damp) -> dict:
@@ -185,9 +185,9 @@ def run_spqr(ctx, *, bits, group_size, qq_bits, qq_group, outlier_threshold, act
         raise ValueError(f"--bits must be between 2 and 8, got {bits}")
     if qq_bits and not 2 <= qq_bits <= 8:
         raise ValueError(f"--qq-bits must be 0 or between 2 and 8, got {qq_bits}")
-    if not outlier_threshold > 0:
-        raise ValueError(f"--outlier-threshold must be positive (inf = none), got {outlier_threshold}")
-    cfg = SpQRConfig(bits, group_size, qq_bits, qq_group, outlier_threshold)
+    if not outlier_threshold >= 0:
+        raise ValueError(f"--outlier-threshold must be positive, or 0 for none, got {outlier_threshold}")
+    cfg = SpQRConfig(bits, group_size, qq_bits, qq_group, outlier_threshold or float("inf"))
     n_out = 0
 
     def process(block) -> None:
