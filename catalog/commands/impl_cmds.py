@@ -121,6 +121,9 @@ def run(
                                      help="Save the compressed model (Hugging Face format) here."),
     eval_windows: int | None = typer.Option(None, "--eval-windows",
                                             help="Cap the held-out windows (quick runs)."),
+    eval_dtype: str = typer.Option("auto", "--eval-dtype",
+                                   help="Evaluation precision: auto (bf16 autocast where native and within "
+                                   "0.1% of float32 on the reference), float32 or bfloat16."),
     as_json: bool = typer.Option(False, "--json", help="Print the result record as JSON."),
     papers: Path | None = PapersOption,
 ) -> None:
@@ -158,6 +161,7 @@ def run(
         try:
             record = run_method(method, model=model, device=device, calib_samples=calib_samples, seed=seed,
                                 save=save, eval_windows=eval_windows, papers_dir=papers_dir(papers),
+                                eval_dtype=eval_dtype,
                                 options=options, progress=on_blocks)
         except ModelMissingError as exc:
             raise _fail(str(exc), 2) from None
