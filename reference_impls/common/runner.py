@@ -36,6 +36,7 @@ class RunContext:
     # student score their no-distillation baseline on the same ones)
     ledger: StorageLedger = field(default_factory=StorageLedger)
     progress: Callable[[int, int], None] | None = None
+    eval_dtype: torch.dtype | None = None  # autocast dtype of the runner's evaluations (None: float32)
     # In a composition: zero patterns of the matrices earlier stages pruned (full name -> bool, True =
     # pruned), so a later quantizer can keep them (compose.py)
     pruned_masks: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -60,7 +61,7 @@ class RunContext:
     def heldout_perplexity(self, model=None) -> float:
         """Perplexity on the runner's own held-out windows (e.g. a trained method's starting point)."""
         windows = data.heldout_windows(self.loaded, max_windows=self.eval_windows)
-        return evaluate.perplexity(self.model if model is None else model, windows)
+        return evaluate.perplexity(self.model if model is None else model, windows, dtype=self.eval_dtype)
 
     def walk(self, process_block: Callable[[layerwise.BlockContext], None], *, stats=("hessian",)) -> None:
         layerwise.walk_blocks(self.model, self.adapter, self.calibration, process_block, stats=stats,
@@ -79,13 +80,16 @@ def split_options(methods: list[registry.Method], options: dict[str, Any]) -> li
 _REFERENCE_CACHE: dict[tuple, Any] = {}
 
 
-def _reference(loaded: LoadedModel, *, eval_windows: int | None, papers_dir: str | Path):
-    """Uncompressed-model evaluation, cached per process (a benchmark grid reloads the same model)."""
-    key = (loaded.name, str(loaded.device), eval_windows, str(papers_dir))
+def _reference(loaded: LoadedModel, *, eval_windows: int | None, papers_dir: str | Path,
+               eval_dtype: str = "float32", seed: int = 0):
+    """Uncompressed-model evaluation, cached per process (a benchmark grid reloads the same model) and
+    on disk, keyed by the model's content hash and the evaluation settings (common/eval_cache.py)."""
+    key = (loaded.name, str(loaded.device), eval_windows, str(papers_dir), eval_dtype, seed)
     if key not in _REFERENCE_CACHE:
         if loaded.kind == "causal":
             windows = data.heldout_windows(loaded, max_windows=eval_windows)
-            _REFERENCE_CACHE[key] = (windows, evaluate.perplexity(loaded.model, windows))
+            _REFERENCE_CACHE[key] = evaluate.causal_reference(loaded.model, windows, eval_dtype=eval_dtype,
+                                                              seed=seed)
         else:
             _REFERENCE_CACHE[key] = evaluate.encoder_reference(loaded, papers_dir)
     return _REFERENCE_CACHE[key]
@@ -100,23 +104,28 @@ def _peak_memory_mb(device: torch.device) -> float:
 def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib_samples: int = 128,
                seed: int = 0, save: str | Path | None = None, eval_windows: int | None = None,
                papers_dir: str | Path = "papers", options: dict[str, Any] | None = None,
-               progress: Callable[[int, int], None] | None = None,
+               progress: Callable[[int, int], None] | None = None, eval_dtype: str = "float32",
                tasks: bool = False) -> dict:
-    """Load `model`, compress it with `method` ("a+b" applies a then b), evaluate, return the record."""
+    """Load `model`, compress it with `method` ("a+b" applies a then b), evaluate, return the record.
+
+    `eval_dtype` "auto" scores perplexity under bf16 autocast where that is native and moves the
+    reference perplexity by at most 0.1% (evaluate.causal_reference); the record says which."""
     methods = [registry.get(name) for name in method.split("+")]
     per_method = split_options(methods, options or {})
+    evaluate.check_eval_dtype(eval_dtype)
     torch.manual_seed(seed)
     loaded = load_model(model, device)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
-    ref = _reference(loaded, eval_windows=eval_windows, papers_dir=papers_dir)
+    ref = _reference(loaded, eval_windows=eval_windows, papers_dir=papers_dir, eval_dtype=eval_dtype,
+                     seed=seed)
 
     # `tasks`: the suite beyond perplexity (common/tasks.py) on the compressed model, next to the
     # uncompressed model's scores (from the evaluation cache when it holds them)
     tasks_fp = task_suite.reference(loaded, papers_dir) if tasks else None
 
     ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows,
-                     progress=progress)
+                     progress=progress, eval_dtype=getattr(ref, "dtype", None))
     load_before = os.getloadavg()[0]  # timings taken on a busy machine are not comparable: say so
     t0 = time.perf_counter()
     method_metrics, stages = compose.apply_stages(ctx, methods, per_method)
@@ -126,9 +135,13 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
 
     t1 = time.perf_counter()
     if loaded.kind == "causal":
-        windows, ppl_fp = ref
-        metrics = {"perplexity": evaluate.perplexity(loaded.model, windows), "perplexity_fp": ppl_fp,
-                   "eval_windows": int(windows.shape[0]), "eval_tokens": int(windows.numel())}
+        windows = ref.windows
+        metrics = {"perplexity": evaluate.perplexity(loaded.model, windows, dtype=ref.dtype),
+                   "perplexity_fp": ref.perplexity, "eval_windows": int(windows.shape[0]),
+                   "eval_tokens": int(windows.numel()), "eval_dtype": ref.dtype_name,
+                   "eval_reference_cached": ref.cache_hit}
+        if ref.dtype is not None:
+            metrics["perplexity_fp_float32"] = ref.perplexity_float32
     else:
         metrics = evaluate.evaluate_encoder(loaded, ref)
     params = sum(p.numel() for p in loaded.model.parameters())
