@@ -17,5 +17,13 @@ def test_registry_and_records_agree():
             impl = records[rid].impl
             assert impl is not None, f"papers/{rid}.yaml has no impl for {m.name}"
             assert impl.module == m.module and impl.fidelity == m.fidelity, (rid, impl, m.module, m.fidelity)
-    linked = {(r.impl.module) for r in records.values() if r.impl}
+    linked = {(r.impl.module) for r in records.values() if r.runnable}
     assert linked <= {m.module for m in methods}, linked - {m.module for m in methods}
+    by_name = {m.name: m.module for m in methods}
+    for r in records.values():
+        if r.impl is None:
+            continue
+        if r.impl.method:  # a named method is registered by the linked module
+            assert by_name.get(r.impl.method) == r.impl.module, (r.id, r.impl.method, r.impl.module)
+        unknown = [n for n in r.impl.covers if n not in by_name]
+        assert not unknown, (r.id, unknown)
