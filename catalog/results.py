@@ -90,7 +90,16 @@ class Run:
 
     @property
     def tasks(self) -> dict[str, float]:
-        tasks = self.metrics.get("tasks")
+        """Scores of the evaluation suite beyond perplexity (reference_impls/common/tasks.py), higher is
+        better; `tasks_fp` holds the uncompressed model's scores on the same items."""
+        return self._scores("tasks")
+
+    @property
+    def tasks_fp(self) -> dict[str, float]:
+        return self._scores("tasks_fp")
+
+    def _scores(self, key: str) -> dict[str, float]:
+        tasks = self.metrics.get(key)
         if not isinstance(tasks, dict):
             return {}
         return {str(k): v for k, v in ((k, _num(v)) for k, v in tasks.items()) if v is not None}

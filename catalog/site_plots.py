@@ -190,7 +190,9 @@ def _plot_encoder(runs, known, *, slug):
 def _plot_task(runs, known, *, slug, task):
     chosen = [r for r in runs if task in r.tasks and r.size_mb is not None]
     points = [_point(r, r.size_mb, r.tasks[task], known, series=r.family) for r in chosen]
-    return points, dict(xlabel="stored weights (MB)", ylabel=f"task score: {task}", min_y=False, logy=False)
+    refs = next((((r.tasks_fp[task], "uncompressed"),) for r in chosen if task in r.tasks_fp), ())
+    return points, dict(xlabel="stored weights (MB)", ylabel=f"task score: {task}", min_y=False, logy=False,
+                        refs=refs)
 
 
 PlotSpec = tuple[str, str, str, Callable]  # slug, title, caption, builder

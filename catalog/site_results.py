@@ -54,6 +54,13 @@ def _delta_cell(run: Run) -> str:
     return _num_cell(None if value is None or not ref else (value - ref) / ref, "+.1f", 100)
 
 
+def _task_cell(run: Run, name: str) -> str:
+    value, ref = run.tasks.get(name), run.tasks_fp.get(name)
+    if value is None or ref is None:
+        return _num_cell(value)
+    return f'<td data-v="{value!r}" title="uncompressed {ref:.3f}">{value:.3f}</td>'
+
+
 def _metric(key: str) -> Callable[[Run], str]:
     return lambda r: _num_cell(_float(r.metrics.get(key)))
 
@@ -62,7 +69,7 @@ def _other_metrics(run: Run) -> str:
     """Numeric metrics the fixed columns do not show, as a tooltip-sized list."""
     shown = {"perplexity", "perplexity_fp", "perplexity_kv", "perplexity_kv_full", "perplexity_compressed",
              "perplexity_full_context", "cosine", "retrieval_agreement", "sparsity", "weight_bytes",
-             "peak_memory_mb", "energy_per_token_j", "next_token_kl", "tasks", "kv_bytes_ratio"}
+             "peak_memory_mb", "energy_per_token_j", "next_token_kl", "tasks", "tasks_fp", "kv_bytes_ratio"}
     items = [(k, v) for k, v in sorted(run.metrics.items())
              if k not in shown and isinstance(v, int | float) and not isinstance(v, bool)]
     return "; ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
@@ -117,8 +124,8 @@ def columns(task_names: list[str], known: set[str], setting_keys: dict[str, list
          _metric("retrieval_agreement")),
     ]
     for name in task_names:
-        cols.append((f"task: {name}", f"evaluation-suite task {name}",
-                     lambda r, n=name: _num_cell(r.tasks.get(n))))
+        cols.append((f"task: {name}", f"evaluation-suite task {name} (higher is better; hover: uncompressed)",
+                     lambda r, n=name: _task_cell(r, n)))
     cols += [
         ("time s", "compression wall time on 2 CPU cores (shared machine: noisy)",
          lambda r: _num_cell(r.time_s, ".1f")),

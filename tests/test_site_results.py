@@ -47,7 +47,7 @@ def results_dir(tmp_path):
             bits=5.2, sparsity=0.5)]}))
     (d / "wanda.json").write_text(json.dumps({"method": "wanda", "papers": ["wanda"], "runs": [
         run("wanda", {"sparsity": 0.5, "prune_n": 0, "prune_m": 0}, 50.8, bits=9.0, sparsity=0.5,
-            brand_new_metric=3.5, tasks={"code-exact-match": 0.41})]}))
+            brand_new_metric=3.5, tasks={"code-exact-match": 0.41}, tasks_fp={"code-exact-match": 0.47})]}))
     (d / "h2o.json").write_text(json.dumps({"method": "h2o", "papers": ["h2o"], "runs": [
         run("h2o", {"budget": 64}, 45.0, bits=16.0, perplexity_kv=82.5, perplexity_kv_full=79.9,
             kv_bytes_ratio=0.25)]}))
@@ -118,6 +118,7 @@ def test_table_escapes_hostile_text_and_has_one_row_per_run(results_dir):
     assert "&lt;script&gt;" in html and 'onmouseover=y"' not in html
     assert html.count("<tr data-family") == len(runs) + 1
     assert "task: code-exact-match" in html  # task columns appear when runs report tasks
+    assert 'title="uncompressed 0.470">0.410</td>' in html
 
 
 def test_svg_points_are_titled_links():
