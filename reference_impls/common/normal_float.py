@@ -155,3 +155,35 @@ def nf4_bits_per_weight(
     if not double_quant:
         return (4 * numel + 32 * n_blocks) / numel
     return (4 * numel + 8 * n_blocks + 32 * math.ceil(n_blocks / dq_block_size) + 32) / numel
+
+
+class NF4Linear(torch.nn.Linear):
+    """A frozen Linear whose weight is stored as NF4 (+ double quantization): uint8 codes and the
+    quantized absmax constants are buffers; `weight` is decoded from them at every call, so nothing
+    can train it. A `torch.nn.Linear` subclass so that `peft` wraps it like any Linear (QLoRA)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_size: int = 64,
+                 double_quant: bool = True, dq_block_size: int = 256):
+        torch.nn.Module.__init__(self)  # no float weight parameter: the codes are the weight
+        self.out_features, self.in_features = weight.shape
+        s = nf4_encode(weight, block_size=block_size, double_quant=double_quant, dq_block_size=dq_block_size)
+        self.shape, self.block_size, self.dq_block_size = s.shape, block_size, dq_block_size
+        self.absmax_mean = s.absmax_mean
+        self.register_buffer("codes", s.codes)  # (out·in,) uint8
+        self.register_buffer("absmax", s.absmax)  # None with double quantization
+        self.register_buffer("absmax_codes", s.absmax_codes)
+        self.register_buffer("absmax_scale", s.absmax_scale)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bits = s.bits()
+
+    def state(self) -> NF4Tensor:
+        return NF4Tensor(self.shape, self.codes, self.block_size, self.absmax, self.absmax_codes,
+                         self.absmax_scale, self.absmax_mean, self.dq_block_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return nf4_decode(self.state())  # (out, in) float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype),
+                                          None if self.bias is None else self.bias.to(x.dtype))

@@ -59,7 +59,7 @@ from reference_impls.common.registry import Option, register
     "nf4",
     bench=[{}],
     family="quantization",
-    papers=["qlora"],
+    papers=[],  # the data type only: the `qlora` record links QLoRA itself (finetuning/qlora.py)
     fidelity="exact",
     summary="QLoRA's 4-bit NormalFloat, block 64, with double quantization of the absmax constants",
     options={
