@@ -36,6 +36,7 @@ class SiteData:
     impls: dict[str, dict] = field(default_factory=dict)  # module -> {"name", "options", ...}
     results: dict[str, list[dict]] = field(default_factory=dict)  # method name -> result records
     runs: list = field(default_factory=list)  # every run of results/*.json as catalog.results.Run
+    plots: list | None = None  # (title, caption, svg) of the Results page; None: drawn when the page is
 
     def __post_init__(self):
         self.by_id = {r.id: r for r in self.records}

@@ -15,6 +15,29 @@ log = logging.getLogger("atlas.site")
 SIMILAR_K = 5
 
 
+def _read_cache(path: Path, shape_ok) -> dict | None:
+    """A cache file's content when it reads and has the expected shape; None (recompute) otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or damaged: recomputed
+    if not shape_ok(data):
+        log.warning("cache file %s has the wrong shape; recomputing it", path)
+        return None
+    return data
+
+
+def _similar_shape_ok(data) -> bool:
+    return isinstance(data, dict) and all(
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in data.values())
+
+
+def _impls_shape_ok(data) -> bool:
+    return isinstance(data, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("doc"), str)
+        and isinstance(entry.get("names"), list) for entry in data.values())
+
+
 def records_hash(records: list[Record]) -> str:
     dumped = [r.model_dump(mode="json") for r in sorted(records, key=lambda r: r.id)]
     blob = json.dumps(dumped, sort_keys=True)
@@ -24,11 +47,9 @@ def records_hash(records: list[Record]) -> str:
 def similar_papers(records: list[Record], cache_dir: Path) -> dict[str, list[str]]:
     """id -> ids of the most similar records, from catalog.search, cached by content hash."""
     cache = cache_dir / f"similar-{records_hash(records)}.json"
-    if cache.exists():
-        try:
-            return json.loads(cache.read_text())
-        except (OSError, ValueError):
-            pass  # a damaged cache is recomputed
+    cached = _read_cache(cache, _similar_shape_ok)
+    if cached is not None:
+        return cached
     from catalog.search import Searcher  # local: loads the search stack only on a cache miss
 
     searcher = Searcher(records, cache_dir=cache_dir, progress=False)
@@ -52,8 +73,10 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
             log.warning("skipping unreadable results file %s", path)
             continue
         rows = data if isinstance(data, list) else data.get("runs", [data]) if isinstance(data, dict) else []
-        for row in rows:
-            if isinstance(row, dict) and "method" in row and "metrics" in row:
+        for row in rows if isinstance(rows, list) else []:
+            # a run the pages can read: anything else (edited by hand, another format) is skipped
+            if (isinstance(row, dict) and isinstance(row.get("method"), str)
+                    and isinstance(row.get("metrics"), dict) and isinstance(row.get("options", {}), dict)):
                 out.setdefault(row["method"], []).append(row)
     return out
 
@@ -102,11 +125,9 @@ def cached_registry_index(cache_dir: Path) -> dict[str, dict]:
     imports nothing, and any edit under reference_impls/ changes the hash, so the cache cannot go stale.
     """
     cache = cache_dir / f"impls-{impl_sources_hash()}.json"
-    if cache.exists():
-        try:
-            return json.loads(cache.read_text())
-        except (OSError, ValueError):
-            pass  # a damaged cache is recomputed
+    cached = _read_cache(cache, _impls_shape_ok)
+    if cached is not None:
+        return cached
     from reference_impls.common import registry
 
     index = registry_index()
@@ -140,9 +161,11 @@ def method_families(cache_dir: Path) -> dict[str, str]:
 
 def site_data(records: list[Record], root: Path) -> SiteData:
     from catalog.results import load_runs
+    from catalog.site_plots import cached_plots
 
     cache_dir = Path(os.environ.get("ATLAS_CACHE", root / ".atlas"))
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
+    runs = load_runs(root / "results", method_families(cache_dir))
+    plots = cached_plots(runs, {r.id for r in records}, cache_dir) if runs else []
     return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir),
-                    results=load_results(root / "results"),
-                    runs=load_runs(root / "results", method_families(cache_dir)))
+                    results=load_results(root / "results"), runs=runs, plots=plots)

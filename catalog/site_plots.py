@@ -264,3 +264,30 @@ def make_plots(runs: list[Run], known: set[str], *, min_points: int = 2) -> list
         if len(points) >= min_points:
             plots.append((title, caption, scatter_svg(slug, points, **kwargs)))
     return plots
+
+
+def cached_plots(runs: list[Run], known: set[str], cache_dir) -> list[tuple[str, str, str]]:
+    """`make_plots`, cached by the content of the runs, the known paper ids and this module's source:
+    a rebuild with unchanged results draws nothing (matplotlib is not even imported)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(json.dumps([asdict(r) for r in runs], sort_keys=True, default=str).encode())
+    digest.update(json.dumps(sorted(known)).encode())
+    cache = Path(cache_dir) / f"plots-{digest.hexdigest()[:16]}.json"
+    if cache.exists():
+        try:
+            return [tuple(p) for p in json.loads(cache.read_text())]
+        except (OSError, ValueError):
+            pass  # a damaged cache is redrawn
+    plots = make_plots(runs, known)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for old in cache.parent.glob("plots-*.json"):
+        old.unlink(missing_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plots))
+    tmp.replace(cache)
+    return plots

@@ -256,4 +256,5 @@ def results_page_for(data) -> str:
     from catalog.site_plots import make_plots
 
     known = set(data.by_id)
-    return results_page(data.runs, known, make_plots(data.runs, known) if data.runs else [])
+    plots = data.plots if data.plots is not None else make_plots(data.runs, known) if data.runs else []
+    return results_page(data.runs, known, plots)

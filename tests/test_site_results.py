@@ -213,3 +213,15 @@ def test_real_catalog_links_resolve():
     assert scanned == registry
     errs = [e for e in errors_of(Path(__file__).resolve().parents[1] / "papers") if ": impl:" in e]
     assert not errs, errs[:5]
+
+
+def test_plots_are_cached_by_content(results_dir, tmp_path, monkeypatch):
+    import catalog.site_plots as site_plots
+
+    runs = load_runs(results_dir, FAMILIES)
+    first = site_plots.cached_plots(runs, {"gptq"}, tmp_path / "cache")
+    monkeypatch.setattr(site_plots, "make_plots", lambda *a, **k: pytest.fail("redrawn"))
+    assert site_plots.cached_plots(runs, {"gptq"}, tmp_path / "cache") == first
+    runs[0].metrics["perplexity"] += 1.0  # a changed result is drawn again
+    with pytest.raises(pytest.fail.Exception):
+        site_plots.cached_plots(runs, {"gptq"}, tmp_path / "cache")
