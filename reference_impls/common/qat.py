@@ -104,6 +104,10 @@ class GridQuantizer(nn.Module):
         return quantize_codes(w, self.scale, zero, bits=self.bits)
 
 
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone() if t.is_floating_point() else t.detach().float()
+
+
 class QuantLinear(nn.Module):
     """y = x·(s·(q − z))ᵀ + b with integer codes q (uint8 buffer, never a parameter) and per-group
     scale s and zero z; `weight` is the de-quantized matrix (for code that reads weights)."""
@@ -113,8 +117,8 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.bits = bits
         self.register_buffer("codes", codes.to(torch.uint8))  # (out, in)
-        self.scale = nn.Parameter(scale.detach().clone().float(), requires_grad=False)  # (out, G)
-        self.zero = nn.Parameter(zero.detach().clone().float(), requires_grad=False)  # (out, G)
+        self.scale = nn.Parameter(_as_float(scale), requires_grad=False)  # (out, G)
+        self.zero = nn.Parameter(_as_float(zero), requires_grad=False)  # (out, G)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.out_features, self.in_features = codes.shape
 
