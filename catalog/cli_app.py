@@ -7,14 +7,72 @@ that `atlas --help` and the catalog commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from catalog import __version__
 
+try:  # typer >= 0.20 ships its own copy of click; its commands raise that copy's errors
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _TyperUsageError = click.UsageError
+USAGE_ERRORS = (click.UsageError, _TyperUsageError)
+
+
+class AtlasGroup(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) exit 1: the README keeps 2 for problems of
+    the environment (a missing model, an unwritable cache), which click would otherwise share."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except USAGE_ERRORS as exc:
+            exc.exit_code = 1
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USAGE_ERRORS as exc:
+            exc.exit_code = 1
+            raise
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(what: str) -> Iterator[None]:
+    """Ctrl-C ends the process at once with one line and exit code 130.
+
+    Commands that load native libraries (torch, faiss, tokenizers) are stopped with os._exit: a
+    KeyboardInterrupt unwinding through their half-initialised state, then the interpreter's normal
+    shutdown, can abort in C++ ("terminate called", exit 134). Everything these commands write is
+    written atomically, so stopping anywhere loses nothing.
+    """
+    def stop(signum, frame):
+        sys.stderr.write(f"\ninterrupted: {what}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not the main thread (an embedding caller): leave Ctrl-C alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 app = typer.Typer(
+    cls=AtlasGroup,
     name="atlas",
     help="LLM Compression Atlas: a searchable catalog of LLM-compression papers and runnable reference "
     "implementations.",

@@ -30,7 +30,24 @@ VENUE_ABBREVIATIONS = {
 
 
 class MetadataError(Exception):
-    """A lookup failed: unknown id, network problem."""
+    """A lookup failed: unknown id (`network` False) or no answer from the service (`network` True)."""
+
+    def __init__(self, message: str, *, network: bool = False):
+        super().__init__(message)
+        self.network = network
+
+
+def _network_error(service: str, exc: Exception) -> MetadataError:
+    """One short line for a failed request: the exception's first line, cut to 160 characters."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    detail = first if len(first) <= 160 else first[:159] + "…"
+    return MetadataError(f"cannot reach {service} ({type(exc).__name__}: {detail}); check the network "
+                         "connection", network=True)
+
+
+def _is_not_found(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 404 or getattr(exc, "status", None) == 404
 
 
 @dataclass
@@ -52,7 +69,9 @@ def fetch_arxiv(arxiv_id: str) -> ArxivMeta:
     try:
         results = list(client.results(arxiv.Search(id_list=[arxiv_id], max_results=1)))
     except Exception as exc:  # arxiv raises several HTTP/parse error types
-        raise MetadataError(f"arXiv lookup of {arxiv_id} failed: {exc}") from exc
+        if _is_not_found(exc):
+            raise MetadataError(f"arXiv has no paper {arxiv_id}") from None
+        raise _network_error("arXiv", exc) from None
     if not results:
         raise MetadataError(f"arXiv has no paper {arxiv_id}")
     r = results[0]
@@ -86,8 +105,10 @@ def openalex_venue(arxiv_id: str | None = None, doi: str | None = None) -> str |
     key = doi or f"10.48550/arxiv.{arxiv_id}".lower()
     try:
         work = pyalex.Works()[f"https://doi.org/{key}"]
-    except Exception as exc:
-        raise MetadataError(f"OpenAlex lookup of {key} failed: {exc}") from exc
+    except Exception as exc:  # requests and pyalex raise several error types
+        if _is_not_found(exc):
+            return None  # OpenAlex does not know the paper: no venue to propose
+        raise _network_error("OpenAlex", exc) from None
     for location in [work.get("primary_location")] + list(work.get("locations") or []):
         source = (location or {}).get("source") or {}
         name = source.get("display_name") or ""

@@ -62,7 +62,8 @@ def citation_keys(records: list[Record]) -> dict[str, str]:
 
 
 def _latex(text: str) -> str:
-    return unicode_to_latex(text, non_ascii_only=False, unknown_char_policy="unihex")
+    return unicode_to_latex(text, non_ascii_only=False, unknown_char_policy="keep",
+                            unknown_char_warning=False)  # CJK, emoji: kept as UTF-8 (biber reads it)
 
 
 def _latex_title(title: str) -> str:

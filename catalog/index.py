@@ -254,6 +254,7 @@ class DenseIndex:
     key: str
     embedded: int = 0  # texts embedded to produce this index (0: read from cache or fully reused)
     cached: bool = False  # True when read from disk as is
+    saved: bool = True  # False when it could not be written to the cache (it lives in memory only)
 
 
 def _checksum(array: np.ndarray) -> str:
@@ -267,11 +268,23 @@ def _read(directory: Path) -> tuple[dict, np.ndarray]:
         fields = np.load(directory / "fields.npy", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"unreadable index: {exc}") from None
+    if not _manifest_shape_ok(manifest):
+        raise ValueError("manifest.json is not an index manifest (wrong shape)")
     if (manifest.get("format") != FORMAT_VERSION or fields.dtype != np.float32 or fields.ndim != 3
             or fields.shape[:2] != (len(manifest.get("ids", [])), len(FIELDS))
             or manifest.get("checksum") != _checksum(fields)):
         raise ValueError("index does not match its manifest (damaged or from another version)")
     return manifest, fields
+
+
+def _manifest_shape_ok(manifest) -> bool:
+    """Every field the code reads has the type it expects (a file edited or damaged by hand is not)."""
+    if not isinstance(manifest, dict):
+        return False
+    ids, digests = manifest.get("ids"), manifest.get("digests")
+    return (isinstance(ids, list) and isinstance(digests, list) and len(ids) == len(digests)
+            and all(isinstance(x, str) for x in ids + digests)
+            and isinstance(manifest.get("model"), str) and isinstance(manifest.get("checksum"), str))
 
 
 def _check_dir(root: Path) -> None:
@@ -363,6 +376,7 @@ def load_or_build(records: Sequence[Record], cache_dir: Path | None, *, progress
     for i, digest in enumerate(digests):
         if digest in reuse:
             fields[i] = reuse[digest]
+    saved = root is not None
     if root is not None:
         manifest = {"format": FORMAT_VERSION, "model": model, "ids": ids, "digests": digests,
                     "fields": list(FIELDS), "checksum": _checksum(fields), "created": time.time()}
@@ -370,11 +384,12 @@ def load_or_build(records: Sequence[Record], cache_dir: Path | None, *, progress
             _write(root, key, manifest, fields)
             _prune(root, keep=key)
         except OSError as exc:  # a full disk must not cost the user the vectors just computed
+            saved = False
             log(f"warning: could not save the search index in {root} ({exc.strerror or exc}); "
                 "it is rebuilt next time")
     if todo:
         log(f"search index: embedded {len(todo)} record(s), reused {len(records) - len(todo)}")
-    return DenseIndex(ids=ids, fields=fields, key=key, embedded=len(texts))
+    return DenseIndex(ids=ids, fields=fields, key=key, embedded=len(texts), saved=saved)
 
 
 def _embed_with_progress(texts: list[str], progress: bool) -> np.ndarray:

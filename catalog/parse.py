@@ -25,6 +25,8 @@ from yaml.scanner import Scanner
 from catalog.schema import Record
 
 MAX_FILE_BYTES = 256 * 1024  # a record is a few KB; anything this large is a mistake or an attack
+MAX_DEPTH = 20  # a record nests 3 levels; hundreds of '[' would exhaust Python's recursion
+RECORD_SUFFIXES = (".yaml", ".yml")  # any case: only exactly ".yaml" is a record, the rest is reported
 
 
 @dataclass(frozen=True, order=True)
@@ -70,7 +72,15 @@ class _NoAliasLoader(Reader, Scanner, Parser, Composer, SafeConstructor, Resolve
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases (*name) are not allowed in records", event.start_mark
             )
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep (a record needs 3)",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _line_index(node: Node, prefix: tuple = ()) -> dict[tuple, int]:
@@ -118,12 +128,14 @@ class _Problem(Exception):
 def _read_text(path: Path) -> str:
     """The file as text; _Problem if it cannot be read, is too large, not UTF-8 or empty."""
     try:
-        raw = path.read_bytes()
+        if not path.is_file():  # a FIFO would block forever, a device never end
+            raise _Problem(1, "file", "not a regular file (a directory, FIFO, device or broken link)")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise _Problem(1, "file", f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise _Problem(1, "file", f"file is {len(raw)} bytes, larger than the {MAX_FILE_BYTES}-byte limit "
-                                  "for a record")
+        raise _Problem(1, "file", f"file is larger than the {MAX_FILE_BYTES}-byte limit for a record")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -199,14 +211,24 @@ def parse_file(path: Path, display: str | None = None,
 def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return str(path)
 
 
 def parse_dir(papers: Path) -> Catalog:
     """Parse every `*.yaml` in `papers` (an existing directory), without cross-record checks."""
     catalog = Catalog(records=[])
-    for path in sorted(Path(papers).glob("*.yaml")):
+    try:
+        names = sorted(Path(papers).iterdir())
+    except OSError as exc:
+        message = f"cannot list the directory: {exc.strerror}"
+        catalog.errors.append(CatalogError(str(papers), 0, "papers", message))
+        return catalog
+    for path in (p for p in names if not p.name.startswith(".")):
+        if path.suffix != ".yaml" and path.suffix.lower() in RECORD_SUFFIXES:
+            catalog.errors.append(CatalogError(display_path(path), 1, "file",
+                                               f"records end in .yaml: rename it to {path.stem}.yaml"))
+    for path in (p for p in names if p.suffix == ".yaml" and not p.name.startswith(".")):
         lines: dict[tuple, int] = {}
         record, errors = parse_file(path, display_path(path), lines)
         catalog.errors.extend(errors)

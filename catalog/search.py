@@ -343,6 +343,8 @@ class Searcher:
             raise QueryError(f"unknown mode '{mode}'{suggest(mode, MODES)} (choose {', '.join(MODES)})")
         if filters is not None:
             filters.check()
+        if not self.records:
+            return []  # an empty catalog: nothing to rank (bm25s and faiss need at least one document)
         allowed = self._allowed(filters)
         depth = self._depth(top_k)
         dense = self.dense_ranking(self._encode(query), allowed, depth) if mode != "bm25" else []

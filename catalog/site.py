@@ -340,13 +340,21 @@ def generate_pages(data: SiteData) -> dict[str, str]:
     return pages
 
 
-def build_site(papers: Path, site_dir: Path, *, config: Path = MKDOCS_CONFIG, strict: bool = True) -> None:
-    """Run mkdocs (with the atlas hook) on the catalog in `papers`; CatalogInvalid lists its errors."""
+def build_site(papers: Path, site_dir: Path, *, config: Path = MKDOCS_CONFIG, strict: bool = True,
+               force: bool = False) -> None:
+    """Run mkdocs (with the atlas hook) on the catalog in `papers`; CatalogInvalid lists its errors.
+
+    The site is built in a temporary directory and swapped in when complete (catalog.site_dir);
+    SiteDirError when `site_dir` holds files that are not a site, unless `force`.
+    """
+    from catalog.site_dir import check_target, staged
+
     os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
     os.environ.setdefault("DISABLE_MKDOCS_2_WARNING", "1")
     os.environ["ATLAS_PAPERS"] = str(papers.resolve())
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
 
-    cfg = load_config(config_file=str(config), site_dir=str(site_dir.resolve()), strict=strict)
-    build(cfg)
+    check_target(site_dir, force=force)
+    with staged(site_dir) as tmp:
+        build(load_config(config_file=str(config), site_dir=str(tmp), strict=strict))

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from catalog.cli_app import PapersOption, app, papers_dir
 from catalog.coverage import coverage
@@ -17,12 +18,15 @@ from catalog.load import CatalogInvalid, load_catalog, load_records
 from catalog.schema import Record
 from catalog.vocabulary import suggest, vocabulary
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Data (titles, ids, queries, paths) is printed as it is: no rich markup, emoji codes or highlighting is
+# read from it ("[/s]" in a title would crash a markup console, "[mask]" would vanish). Styling is
+# explicit: rich Text objects, or markup=True on a format string that holds no data.
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(code)
 
 
@@ -71,7 +75,7 @@ def validate(
         err.print(f"{len(catalog.errors)} error(s) in {papers_dir(papers)}", highlight=False)
         raise typer.Exit(1)
     _warn_missing_impl(catalog.records)
-    err.print(f"[green]ok[/green]: {len(catalog.records)} records valid", highlight=False)
+    err.print(f"[green]ok[/green]: {len(catalog.records)} records valid", markup=True)
 
 
 def _warn_missing_impl(records: list[Record]) -> None:
@@ -84,7 +88,7 @@ def _warn_missing_impl(records: list[Record]) -> None:
     per_theme = Counter(t for r in missing for t in r.themes if t in METHOD_THEMES)
     detail = ", ".join(f"{t} {n}" for t, n in per_theme.most_common())
     err.print(f"[yellow]warning[/yellow]: {len(missing)} record(s) of a method theme have no impl "
-              f"({detail}); see atlas stats", highlight=False)
+              f"({detail}); see atlas stats", markup=True)
 
 
 def _filter(records: list[Record], theme: str | None, year: int | None) -> list[Record]:
@@ -133,16 +137,16 @@ def show(
     if as_json:
         print_json(r.model_dump(mode="json"))
         return
-    out.print(f"[bold]{r.title}[/bold]", highlight=False)
+    out.print(Text(r.title, style="bold"))
     out.print(", ".join(r.authors), highlight=False)
     out.print(f"{r.venue or 'preprint'} · {r.year} · arXiv {r.arxiv or '—'}", highlight=False)
     out.print(f"url: {r.url}" + (f"   code: {r.code}" if r.code else ""), highlight=False)
     out.print(f"themes: {', '.join(r.themes)}   taxonomy: {r.taxonomy}", highlight=False)
     out.print(f"tags: {', '.join(r.tags)}", highlight=False)
     for name in ("problem", "method", "results", "limitations"):
-        out.print(f"\n[bold]{name.capitalize()}[/bold]\n{getattr(r.summary, name)}", highlight=False)
+        out.print(Text.assemble("\n", (name.capitalize(), "bold"), "\n", getattr(r.summary, name)))
     if r.runnable:
-        out.print(f"\n[bold]Implementation[/bold]: {r.impl.module} ({r.impl.fidelity})", highlight=False)
+        out.print(Text.assemble("\n", ("Implementation", "bold"), f": {r.impl.module} ({r.impl.fidelity})"))
     if r.related:
         out.print(f"\nrelated: {', '.join(r.related)}", highlight=False)
 
@@ -165,14 +169,19 @@ def export(
         hint = suggest(fmt, ["bibtex", "csljson", "json"])
         raise fail(f"--format: unknown format '{fmt}'{hint} (choose bibtex, csljson or json)")
     check_theme(theme)
-    text = render(_filter(records_or_exit(papers), theme, None), fmt)
-    if output is None:
-        sys.stdout.write(text)
-        return
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
-    err.print(f"wrote {output}", highlight=False)
+    from catalog.files import OutputError, check_output_file, write_text_atomic
+
+    try:
+        if output is not None:  # a bad destination fails before any work
+            check_output_file(output)
+        text = render(_filter(records_or_exit(papers), theme, None), fmt)
+        if output is None:
+            sys.stdout.write(text)
+            return
+        write_text_atomic(output, text)
+    except OutputError as exc:
+        raise fail(str(exc), exc.code) from None
+    err.print(f"wrote {output}")
 
 
 @app.command()
@@ -201,7 +210,7 @@ def stats(
         print_json(counts)
         return
     out.print(f"[bold]{counts['records']} records[/bold], {len(counts['without_code'])} without code, "
-              f"{len(counts['with_impl'])} with a reference implementation")
+              f"{len(counts['with_impl'])} with a reference implementation", markup=True)
     out.print(coverage_table(counts["impl_coverage"]))
     for title, data in (("theme", counts["themes"]), ("taxonomy leaf", counts["taxonomy"]),
                         ("year", counts["years"]), ("venue", counts["venues"])):
@@ -294,32 +303,46 @@ def add(
     fails until they are. Example: atlas add 2210.17323 --id gptq
     """
     from catalog.enrich import MetadataError, draft_record, fetch_arxiv, slug_for
+    from catalog.files import OutputError, check_output_file, write_text_atomic
     from catalog.load import load_catalog
-    from catalog.schema import SLUG
+    from catalog.schema import ARXIV_ID
 
     directory = papers_dir(papers)
     if not directory.is_dir():
         raise fail(f"catalog directory {directory} not found")
+    if not ARXIV_ID.match(arxiv_id):
+        raise fail(f"'{arxiv_id}' is not an arXiv id (expected like 2210.17323, no version suffix)")
+    if record_id is not None:  # everything the user typed is checked before the network is asked
+        _check_new_id(directory, record_id)
     existing = load_catalog(directory, checks=False)
     clash = next((r.id for r in existing.records if r.arxiv == arxiv_id), None)
     if clash:
         raise fail(f"arXiv {arxiv_id} is already in the catalog as '{clash}'")
     try:
+        check_output_file(directory / f"{record_id or 'new'}.yaml", "--papers")
         meta = fetch_arxiv(arxiv_id)
+    except OutputError as exc:
+        raise fail(str(exc), exc.code) from None
     except MetadataError as exc:
-        not_found = "no paper" in str(exc) or "not an arXiv id" in str(exc)
-        raise fail(str(exc), code=1 if not_found else 2) from None
+        raise fail(str(exc), code=2 if exc.network else 1) from None
     rid = record_id or slug_for(meta.title)
+    target = _check_new_id(directory, rid)
+    try:
+        write_text_atomic(target, draft_record(meta, rid), "--papers")
+    except OutputError as exc:
+        raise fail(str(exc), exc.code) from None
+    err.print(f"wrote {target}: fill in summary, themes, taxonomy and tags, then run atlas validate")
+
+
+def _check_new_id(directory: Path, rid: str) -> Path:
+    from catalog.schema import SLUG
+
     if not SLUG.match(rid):
         raise fail(f"--id: '{rid}' is not a slug (lower-case letters, digits, '-')")
     target = directory / f"{rid}.yaml"
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise fail(f"{target} already exists; choose another --id")
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(draft_record(meta, rid), encoding="utf-8")
-    tmp.replace(target)
-    err.print(f"wrote {target}: fill in summary, themes, taxonomy and tags, then run atlas validate",
-              highlight=False)
+    return target
 
 
 @app.command()
@@ -333,6 +356,7 @@ def enrich(
     Example: atlas enrich quarot shortgpt --write
     """
     from catalog.enrich import MetadataError, openalex_venue, set_venue
+    from catalog.files import OutputError, write_text_atomic
 
     records = {r.id: r for r in records_or_exit(papers)}
     unknown = [i for i in ids or [] if i not in records]
@@ -346,13 +370,17 @@ def enrich(
     for r in targets:
         try:
             venue = openalex_venue(r.arxiv) if r.arxiv else None
+            if write and venue and venue != r.venue:
+                path = papers_dir(papers) / f"{r.id}.yaml"
+                write_text_atomic(path, set_venue(path.read_text(encoding="utf-8"), venue), "--write")
         except MetadataError as exc:
-            err.print(f"{r.id}: {exc}", highlight=False)
+            if exc.network:  # offline: every other lookup would fail the same way
+                raise fail(str(exc), code=2) from None
+            err.print(f"{r.id}: {exc}")
             continue
+        except OutputError as exc:
+            raise fail(str(exc), exc.code) from None
+        except OSError as exc:
+            raise fail(f"{exc.filename}: cannot read ({exc.strerror})", 2) from None
         table.add_row(r.id, r.venue or "—", venue or "—")
-        if write and venue and venue != r.venue:
-            path = papers_dir(papers) / f"{r.id}.yaml"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(set_venue(path.read_text(encoding="utf-8"), venue), encoding="utf-8")
-            tmp.replace(path)
     out.print(table)

@@ -15,17 +15,18 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from catalog.cli_app import PapersOption, app, papers_dir
 from catalog.commands.catalog_cmds import invalid_exit
 from catalog.load import CatalogInvalid
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)  # data is never markup
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(code)
 
 
@@ -43,7 +44,7 @@ def impls(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.
 
     methods = registry.all_methods()
     for module, why in registry.DISCOVERY_ERRORS.items():
-        err.print(f"[yellow]warning:[/yellow] {module} not loaded ({why})", markup=True, highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), f" {module} not loaded ({why})"))
     if as_json:
         _print_json([m.describe() for m in methods])
         return
@@ -108,6 +109,25 @@ def _metrics_table(record: dict) -> Table:
     return table
 
 
+def _check_run_arguments(*, model: str, save: Path | None, **run_args) -> None:
+    """What the arguments alone show wrong fails before anything is imported or loaded."""
+    from reference_impls.common.run_checks import check_run_args, check_save_dir, model_problem
+
+    try:
+        check_run_args(**run_args)
+        check_save_dir(save)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    problem = model_problem(model)
+    if problem:
+        raise _fail(problem, 2)
+    if run_args["device"].startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda: no CUDA device is available here", 2)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
@@ -131,9 +151,12 @@ def run(
 
     Example: atlas run gptq --model causal --bits 4 --group-size 128 --act-order
     """
+    _check_run_arguments(model=model, device=device, calib_samples=calib_samples, seed=seed,
+                         eval_windows=eval_windows, save=save)
+
     from reference_impls.common import registry
     from reference_impls.common.models import ModelMissingError
-    from reference_impls.common.runner import run_method
+    from reference_impls.common.runner import SaveFailed, run_method
 
     try:
         methods = [registry.get(name) for name in method.split("+")]
@@ -144,14 +167,9 @@ def run(
         options = parse_method_options(list(ctx.args), declared)
     except ValueError as exc:
         raise _fail(f"{method}: {exc}") from None
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise _fail("--device cuda: no CUDA device is available here", 2)
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    save_error = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task(f"{method}: blocks", total=None)
@@ -163,6 +181,8 @@ def run(
                                 save=save, eval_windows=eval_windows, papers_dir=papers_dir(papers),
                                 eval_dtype=eval_dtype,
                                 options=options, progress=on_blocks)
+        except SaveFailed as exc:  # the run itself finished: its metrics are printed all the same
+            record, save_error = exc.record, exc
         except ModelMissingError as exc:
             raise _fail(str(exc), 2) from None
         except CatalogInvalid as exc:  # the encoder is evaluated on the catalog's records
@@ -173,8 +193,11 @@ def run(
         _print_json(record)
     else:
         out.print(_metrics_table(record))
-        if save is not None:
+        if save is not None and save_error is None:
             out.print(f"saved to {save}")
+    if save_error is not None:
+        raise _fail(f"--save {save}: the model could not be saved ({save_error.strerror}); "
+                    "the metrics above are those of the finished run", 2)
 
 
 def _method_figures(method: str, model: str) -> tuple[float, float, str]:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from catalog.cli_app import PapersOption, app
+from catalog.cli_app import PapersOption, app, exit_on_interrupt
 from catalog.commands.catalog_cmds import err, fail, out, print_json, records_or_exit
 
 CacheOption = typer.Option(None, "--cache-dir", show_default=False,
@@ -108,10 +109,16 @@ def search(
             raise QueryError(f"--mode: unknown mode '{mode}' (choose hybrid, dense or bm25)")
     except QueryError as exc:
         raise fail(str(exc)) from None
-    searcher = _searcher(records_or_exit(papers), cache_dir(cache))
-    for note in searcher.notes(query):
-        _log(f"note: {note}")
-    hits = searcher.search(query, top, mode, filters)
+    records = records_or_exit(papers)
+    if not records:
+        _log("note: the catalog has no records")
+        _show([], "", as_json)
+        return
+    with exit_on_interrupt("the search index was not changed (its writes are atomic)"):
+        searcher = _searcher(records, cache_dir(cache))
+        for note in searcher.notes(query):
+            _log(f"note: {note}")
+        hits = searcher.search(query, top, mode, filters)
     _show(hits, f"{len(hits)} results for “{query[:80]}” ({mode})", as_json)
 
 
@@ -138,7 +145,8 @@ def similar(
     ids = [r.id for r in records]
     if record_id not in ids:
         raise fail(f"no record '{record_id}'{suggest(record_id, ids)}")
-    hits = _searcher(records, cache_dir(cache)).similar(record_id, top)
+    with exit_on_interrupt("the search index was not changed (its writes are atomic)"):
+        hits = _searcher(records, cache_dir(cache)).similar(record_id, top)
     _show(hits, f"papers similar to {record_id}", as_json)
 
 
@@ -154,11 +162,15 @@ def index(
     from catalog.index import FIELDS
 
     records = records_or_exit(papers)
-    searcher = _searcher(records, cache_dir(cache), required=True)
+    with exit_on_interrupt("the search index was not changed (its writes are atomic)"):
+        searcher = _searcher(records, cache_dir(cache), required=True)
     dense = searcher.dense
     embedded = dense.embedded // len(FIELDS)
     state = ("fresh, nothing to do" if dense.cached
              else f"built ({embedded} records embedded, {len(records) - embedded} reused)")
     where = cache_dir(cache) / "search" / dense.key
-    err.print(f"[green]ok[/green]: search index of {len(records)} records in {where}: {state}",
-              highlight=False)
+    if not dense.saved or not (where / "manifest.json").is_file():
+        # e.g. the cache folder was removed while the index was built: nothing is on disk
+        raise fail(f"the search index could not be saved in {where} (see the warning above); "
+                   "nothing was written", code=2)
+    err.print(Text.assemble(("ok", "green"), f": search index of {len(records)} records in {where}: {state}"))

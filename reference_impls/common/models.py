@@ -72,6 +72,11 @@ def resolve(spec: str) -> tuple[str, str]:
 
 def load_model(spec: str = "causal", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model and its tokenizer by --model value; the model is in eval mode on `device`."""
+    from reference_impls.common.run_checks import model_problem
+
+    problem = model_problem(spec)  # at once: a hub id offline would spend ~30 s on retries
+    if problem:
+        raise ModelMissingError(problem)
     if spec in ("causal", "encoder"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundled models never need the network
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer

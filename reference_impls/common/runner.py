@@ -22,6 +22,7 @@ import torch
 from reference_impls.common import compose, data, evaluate, layerwise, memory, registry
 from reference_impls.common import tasks as task_suite
 from reference_impls.common.models import LoadedModel, load_model
+from reference_impls.common.run_checks import check_options, check_run_args, check_save_dir
 from reference_impls.common.storage import StorageLedger
 
 
@@ -113,6 +114,10 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
     methods = [registry.get(name) for name in method.split("+")]
     per_method = split_options(methods, options or {})
     evaluate.check_eval_dtype(eval_dtype)
+    # everything the arguments alone can show wrong fails before the model is loaded
+    check_run_args(device=device, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows)
+    check_options([(m.name, kwargs) for m, kwargs in zip(methods, per_method, strict=True)])
+    check_save_dir(save)
     torch.manual_seed(seed)
     loaded = load_model(model, device)
     if loaded.device.type == "cuda":
@@ -156,11 +161,6 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
                                       weight_bits=ctx.ledger.model_bits(params),
                                       kv_bytes_held=None if held is None else held // metrics["kv_batch"]))
 
-    if save is not None:
-        # De-quantized (fake-quantized) weights in Hugging Face format: any HF loader reads them back.
-        loaded.model.save_pretrained(Path(save), safe_serialization=True)
-        loaded.tokenizer.save_pretrained(Path(save))
-
     merged_options = compose.record_options(methods, per_method)
     record = {
         "method": method, "model": model, "options": merged_options, "metrics": metrics,
@@ -172,4 +172,19 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
     }
     if stages is not None:
         record["stages"] = stages
+    if save is not None:
+        try:
+            # De-quantized (fake-quantized) weights in Hugging Face format: any HF loader reads them back.
+            loaded.model.save_pretrained(Path(save), safe_serialization=True)
+            loaded.tokenizer.save_pretrained(Path(save))
+        except OSError as exc:
+            raise SaveFailed(record, exc) from exc
     return record
+
+
+class SaveFailed(OSError):
+    """The run finished but --save could not write the model; `record` holds its metrics all the same."""
+
+    def __init__(self, record: dict, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), error.filename)
+        self.record = record
