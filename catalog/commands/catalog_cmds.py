@@ -240,6 +240,8 @@ def coverage_table(rows: dict[str, dict[str, int]]) -> Table:
 
 
 BENCHES = {
+    "compositions": "reference_impls.common.grids:bench_compositions",
+    "task-agreement": "reference_impls.common.grids:bench_task_agreement",
     "search": "catalog.search_bench:run_bench",
     "site": "catalog.site_bench:run_bench",
 }
@@ -253,6 +255,9 @@ def bench(
                                     "runs on other models are kept from results/. Repeatable."),
     missing: bool = typer.Option(False, "--missing",
                                  help="Only run grid points that results/ does not hold yet."),
+    quick: bool = typer.Option(False, "--quick",
+                               help="A tiny grid for CI (methods, a composition, tasks); writes nothing "
+                               "under results/."),
     papers: Path | None = PapersOption,
 ) -> None:
     """Run benchmarks and write results/*.json.
@@ -261,8 +266,17 @@ def bench(
              atlas bench site        (site build times: the catalog and 2,000 synthetic records)
              atlas bench gptq rtn    (reference implementations)
              atlas bench impls --model causal   (after retraining the causal LM)
+             atlas bench compositions   (a+b combinations → results/compositions.json)
+             atlas bench task-agreement (perplexity vs the task suite → results/task_agreement.json)
+             atlas bench --quick        (CI: a tiny grid, every figure checked finite)
     """
     import importlib
+
+    if quick:
+        from reference_impls.common.grids import bench_quick
+
+        bench_quick(papers_dir(papers))
+        return
 
     targets = targets or ["search", "site", "impls"]
     methods = [t for t in targets if t not in BENCHES and t != "impls"]

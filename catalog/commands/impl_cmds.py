@@ -101,8 +101,17 @@ def _metrics_table(record: dict) -> Table:
     table.add_column("")
     options = " ".join(f"{k}={v}" for k, v in record["options"].items())
     table.add_row("options", options or "-")
+    fp_tasks = record["metrics"].get("tasks_fp", {})
     for key, value in record["metrics"].items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key == "tasks":  # one row per task, beside the uncompressed model's score
+            for name, score in value.items():
+                fp = fp_tasks.get(name, float("nan"))
+                table.add_row(f"task {name}", f"{score:.4g} (uncompressed {fp:.4g})")
+        elif key not in ("tasks_fp", "tasks_detail"):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for stage in record.get("stages", []):
+        table.add_row(f"stage {stage['method']}", f"{stage['bits_per_weight']:.3f} bits/weight alone, "
+                      f"{stage['time_s']:.1f}s, ledger {stage['ledger_merge'] or '-'}")
     table.add_row("bits per weight", f"{record['bits_per_weight']:.3f}")
     table.add_row("parameters", f"{record['params']:,}")
     table.add_row("time (s)", f"{record['time_s']:.2f}")
@@ -144,12 +153,17 @@ def run(
     eval_dtype: str = typer.Option("auto", "--eval-dtype",
                                    help="Evaluation precision: auto (bf16 autocast where native and within "
                                    "0.1% of float32 on the reference), float32 or bfloat16."),
+    tasks: bool = typer.Option(False, "--tasks",
+                               help="Also score the task suite beyond perplexity (code completion, recall, "
+                               "long context; encoder: paper retrieval, STS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result record as JSON."),
     papers: Path | None = PapersOption,
 ) -> None:
     """Run one method on a small model and print its metrics; method options follow in kebab-case.
 
     Example: atlas run gptq --model causal --bits 4 --group-size 128 --act-order
+             atlas run sparsegpt+gptq --sparsity 0.5 --gptq.bits 4 --gptq.group-size 128 --tasks
+    (a+b applies a, then b to the model a left; an option two stages declare takes the stage's name)
     """
     _check_run_arguments(model=model, device=device, calib_samples=calib_samples, seed=seed,
                          eval_windows=eval_windows, save=save)
@@ -163,6 +177,8 @@ def run(
     except registry.UnknownMethodError as exc:
         raise _fail(str(exc)) from None
     declared = {k: o for m in methods for k, o in m.options.items()}
+    if len(methods) > 1:  # --gptq.bits: one stage's option (compose.split_options)
+        declared.update({f"{m.name.replace('-', '_')}.{k}": o for m in methods for k, o in m.options.items()})
     try:
         options = parse_method_options(list(ctx.args), declared)
     except ValueError as exc:
@@ -180,7 +196,7 @@ def run(
             record = run_method(method, model=model, device=device, calib_samples=calib_samples, seed=seed,
                                 save=save, eval_windows=eval_windows, papers_dir=papers_dir(papers),
                                 eval_dtype=eval_dtype,
-                                options=options, progress=on_blocks)
+                                options=options, progress=on_blocks, tasks=tasks)
         except SaveFailed as exc:  # the run itself finished: its metrics are printed all the same
             record, save_error = exc.record, exc
         except ModelMissingError as exc:

@@ -221,3 +221,24 @@ def rerun_check(n: int = 2, *, seed: int = 0, results_dir: Path = RESULTS_DIR,
                             calib_samples=run.get("env", {}).get("calib_samples", 128))
         out.append({"label": f"{method} {run['options']}", "committed": run, "rerun": record})
     return out
+
+
+# ---------------------------------------------------------------- `atlas bench` targets
+def bench_compositions(papers_dir: Path) -> None:
+    """`atlas bench compositions`: the composition grid → results/compositions.json."""
+    run_compositions()
+
+
+def bench_task_agreement(papers_dir: Path) -> None:
+    """`atlas bench task-agreement`: the perplexity-vs-tasks study → results/task_agreement.json."""
+    stats = task_agreement()["stats"]
+    for name, rho in stats["spearman_neg_perplexity"].items():
+        d = stats["discordant"][name]
+        _log(f"{name}: Spearman(-ppl, task) {rho:+.3f}; {d['n_discordant']} of {d['ordered_pairs']} "
+             f"perplexity-ordered pairs reversed beyond 2 SE")
+
+
+def bench_quick(papers_dir: Path) -> None:
+    """`atlas bench --quick`: the CI grid; writes .atlas/bench-quick.json, never results/."""
+    records = run_quick()
+    _write(Path(".atlas") / "bench-quick.json", {"generated": _now(), "runs": records})
