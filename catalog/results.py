@@ -173,12 +173,32 @@ def load_runs(results_dir: Path, families: dict[str, str] | None = None) -> list
                 fidelity=str(row.get("fidelity") or top.get("fidelity") or ""),
                 bits_per_weight=_num(row.get("bits_per_weight")), params=row.get("params"),
                 time_s=_num(row.get("time_s")), stages=stage_names, source=path.name))
+    _merge_task_rows(runs, results_dir)
     # A combination's papers are its stages' papers (as the single-method files name them).
     papers_of = {r.method: r.papers for r in runs if r.papers and not r.stages}
     for r in runs:
         if r.stages and not r.papers:
             r.papers = tuple(dict.fromkeys(p for s in r.stages for p in papers_of.get(s, ())))
     return runs
+
+
+def _merge_task_rows(runs: list[Run], results_dir: Path) -> None:
+    """Task scores measured by a re-run of a committed run (results/task_agreement.json `rows`: method,
+    options, tasks, tasks_fp) are attached to that causal-LM run when it has none of its own."""
+    path = Path(results_dir) / "task_agreement.json"
+    try:
+        rows = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    except (OSError, ValueError, AttributeError):
+        log.warning("skipping unreadable task rows in %s", path)
+        return
+    by_key = {(r.method, json.dumps(r.options, sort_keys=True)): r for r in runs if r.model == "causal"}
+    for row in rows if isinstance(rows, list) else []:
+        if not (isinstance(row, dict) and isinstance(row.get("tasks"), dict)):
+            continue
+        run = by_key.get((row.get("method"), json.dumps(row.get("options"), sort_keys=True)))
+        if run is not None and "tasks" not in run.metrics:
+            run.metrics = {**run.metrics, "tasks": row["tasks"], "tasks_fp": row.get("tasks_fp") or {}}
+            run.extra["tasks_source"] = path.name
 
 
 def same_budget(run: Run, runs: list[Run]) -> list[Run]:

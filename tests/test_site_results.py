@@ -58,6 +58,10 @@ def results_dir(tmp_path):
         {**run("wanda+gptq", {"sparsity": 0.5, "bits": 4}, 53.0, bits=5.0),
          "stages": [{"method": "wanda"}, {"method": "gptq"}]}]}))
     (d / "search.json").write_text(json.dumps({"records": 3, "quality": {}}))  # no runs: skipped
+    (d / "task_agreement.json").write_text(json.dumps({"rows": [  # tasks of a re-run, merged into the run
+        {"method": "gptq", "options": {"group_size": 128, "bits": 4}, "tasks": {"code_line": 0.3},
+         "tasks_fp": {"code_line": 0.32}},
+        {"method": "gptq", "options": {"bits": 5}, "tasks": {"code_line": 0.9}}]}))  # matches no run
     (d / "broken.json").write_text("{not json")
     return d
 
@@ -70,6 +74,9 @@ def test_load_runs_reads_every_shape_and_skips_the_rest(results_dir):
     combo = next(r for r in runs if r.stages)
     assert combo.family == "combination" and combo.stages == ("wanda", "gptq")
     assert combo.papers == ("wanda", "gptq")  # the stages' papers, from their own files
+    gptq4 = next(r for r in runs if r.method == "gptq" and r.options["bits"] == 4)
+    assert gptq4.tasks == {"code_line": 0.3} and gptq4.tasks_fp == {"code_line": 0.32}
+    assert not any(r.tasks.get("code_line") == 0.9 for r in runs)
     wanda = next(r for r in runs if r.method == "wanda")
     assert wanda.tasks == {"code-exact-match": 0.41} and wanda.metrics["brand_new_metric"] == 3.5
 
