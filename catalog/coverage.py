@@ -40,16 +40,22 @@ def is_method_theme(theme: str) -> bool:
     return theme in METHOD_THEMES
 
 
-def coverage_markdown(records: list[Record], theme_prefix: str = "themes/") -> list[str]:
-    """The home page's coverage table (Markdown lines)."""
+def coverage_markdown(records: list[Record], theme_url: str = "themes/{}/") -> list[str]:
+    """The home page's coverage table: a compact HTML table (Markdown tables are too wide for it)."""
+    from html import escape
+
     rows = coverage(records)
-    lines = ["## Running code per theme", "",
-             "Every paper of a method theme links a tested reference implementation: **own** (its method), "
-             "**family** (the family's closest method, with a note on how the paper differs); surveys, "
-             "benchmarks and model reports link the methods they **cover** or say why **none** runs.", "",
-             "| theme | papers | own | family | covers | none | missing | linked |", "|---" * 8 + "|"]
+    head = "".join(f"<th>{c}</th>" for c in ("theme", "papers", *CLASSES, "linked"))
+    body = []
     for theme, row in rows.items():
-        name = "**all**" if theme == "all" else f"[{theme}]({theme_prefix}{theme}.md)"
-        lines.append(f"| {name} | {row['records']} | " + " | ".join(str(row[c]) for c in CLASSES)
-                     + f" | {linked_share(row):.0%} |")
-    return lines + [""]
+        name = "<b>all</b>" if theme == "all" else \
+            f'<a href="{escape(theme_url.format(theme))}">{escape(theme)}</a>'
+        cells = "".join(f"<td>{row[c]}</td>" for c in ("records", *CLASSES))
+        body.append(f"<tr><td>{name}</td>{cells}<td>{linked_share(row):.0%}</td></tr>")
+    return ["## Running code per theme", "",
+            "Every paper of a method theme links a tested reference implementation: **own** (its method), "
+            "**family** (the family's closest method, with a note on how the paper differs); surveys, "
+            "benchmarks and model reports link the methods they **cover** or say why **none** runs. "
+            "**linked**: own or family.", "",
+            f'<table class="atlas-coverage"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>', ""]
