@@ -73,3 +73,13 @@ def test_activation_aware_methods_beat_plain_svd_on_the_causal_lm():
     assert bits == pytest.approx(16 * 0.5, abs=0.05)
     assert ppl("svd-llm")[0] < ppl("asvd")[0] < svd
     assert ppl("fwsvd")[0] < svd
+
+
+def test_asvd_sensitivity_allocation_meets_the_budget_on_a_tiny_model():
+    ctx = tiny_ctx("llama")
+    m = run_asvd(ctx, ratio=0.6, alpha=0.5, allocation="sensitivity", sensitivity_samples=2)
+    numel = {name: get_weight(mod).numel() for name, mod in block_linears(ctx.model, ctx.adapter)}
+    assert set(m["layer_ratios"]) == set(numel)
+    nominal = sum(numel[k] * r for k, r in m["layer_ratios"].items()) / sum(numel.values())
+    assert nominal <= 0.6 and m["ratio_kept"] <= 0.6
+    assert len(set(m["layer_ratios"].values())) > 1  # not uniform: the scores moved the budget
