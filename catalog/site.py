@@ -279,9 +279,15 @@ def implementations_page(data: SiteData) -> str:
     for module in sorted(by_module):
         info = data.impls.get(module, {})
         name = info.get("name", module.rsplit(".", 1)[-1])
-        papers = ", ".join(paper_link(r, "papers/") for r in by_module[module])
-        lines += [f"## {md(name)}", "", f"`{module}` · papers: " + papers,
-                  "", "```bash", f"atlas run {name} --model causal", "```", ""]
+        own = [r for r in by_module[module] if r.impl.fidelity != "family"]
+        family = [r for r in by_module[module] if r.impl.fidelity == "family"]
+        papers = ", ".join(paper_link(r, "papers/") for r in own) or "none of its own"
+        lines += [f"## {md(name)}", "", f"`{module}` · papers: " + papers, ""]
+        if family:
+            # papers whose own method is not implemented run this one (their pages say how they differ)
+            lines += [f"Closest implementation for {len(family)} more: "
+                      + ", ".join(paper_link(r, "papers/") for r in family), ""]
+        lines += ["```bash", f"atlas run {name} --model causal", "```", ""]
         rows = data.results.get(name, [])
         lines += results_table(rows) if rows else ["No measured results yet.", ""]
     return "\n".join(lines)
@@ -289,7 +295,8 @@ def implementations_page(data: SiteData) -> str:
 
 def home_page(data: SiteData) -> str:
     vocab = vocabulary()
-    n_impl = sum(1 for r in data.records if r.runnable)
+    n_impl = sum(1 for r in data.records if r.impl is not None and r.impl.kind == "own")
+    n_linked = sum(1 for r in data.records if r.runnable)
     n_code = sum(1 for r in data.records if r.code)
     lines = [front_matter("LLM Compression Atlas"), "# LLM Compression Atlas", "",
              "A curated, searchable map of the research on compressing large language models — quantization, "
@@ -300,7 +307,8 @@ def home_page(data: SiteData) -> str:
              f"<span><b>{len(vocab.themes)}</b> themes</span>"
              f"<span><b>{len(vocab.taxonomy)}</b> taxonomy leaves</span>"
              f"<span><b>{n_code}</b> with official code</span>"
-             f"<span><b>{n_impl}</b> with a reference implementation</span></div>",
+             f"<span><b>{n_impl}</b> with their own reference implementation</span>"
+             f"<span><b>{n_linked}</b> linked to running code</span></div>",
              "", *coverage_markdown(data.records), "## Themes", "", '<div class="grid cards" markdown>', ""]
     for theme, description in vocab.themes.items():
         n = sum(theme in r.themes for r in data.records)
