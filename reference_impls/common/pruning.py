@@ -29,11 +29,20 @@ def check_sparsity(sparsity: float) -> None:
 
 
 def global_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune the `sparsity` fraction of entries with the lowest score over the whole matrix."""
+    """Prune the `sparsity` fraction of entries with the lowest score over the whole matrix.
+
+    A selection, not a sort: the k-th smallest score (`kthvalue`, linear time) is the threshold,
+    everything below it is pruned, and ties at it are pruned in flat (row-major) order until k.
+    """
     k = int(score.numel() * sparsity)
-    pruned = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    if k:
-        pruned[torch.topk(score.flatten(), k, largest=False).indices] = True
+    flat = score.flatten()
+    if k == 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    thresh = flat.kthvalue(k).values
+    pruned = flat < thresh
+    short = k - int(pruned.sum())
+    if short:
+        pruned[(flat == thresh).nonzero().flatten()[:short]] = True
     return pruned.view_as(score)
 
 
