@@ -298,3 +298,32 @@ def test_ctrl_c_in_index_exits_cleanly(tmp_path):
         assert proc.returncode in (0, 130), (delay, proc.returncode, err[-500:])
         assert "Traceback" not in err and "terminate called" not in err, (delay, err[-500:])
         assert proc.returncode == 130 or "ok:" in err, err[-300:]
+
+
+# -- damaged results files (read by atlas memory --method and atlas bench --missing) ------------------
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{", '{"runs": 5}',
+                                     '{"runs": [{"model": "causal", "metrics": 3}]}'])
+def test_memory_with_a_damaged_results_file(tmp_path, monkeypatch, content):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "rtn.json").write_text(content)
+    result = runner.invoke(app, ["memory", "causal", "--method", "rtn"])
+    one_line_error(result, 1, "--method rtn")
+
+
+def test_memory_with_a_config_that_is_not_a_mapping(tmp_path):
+    (tmp_path / "config.json").write_text("5")
+    result = runner.invoke(app, ["memory", str(tmp_path / "config.json")])
+    one_line_error(result, 1, "model_type")
+
+
+def test_bench_keeps_a_damaged_results_file_aside(tmp_path):
+    from reference_impls.common.bench import _previous_results
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('{"runs": [{"model": "causal"}]}')
+    bad.write_text('{"runs": 5}')
+    assert _previous_results(good) == {"runs": [{"model": "causal"}]}
+    assert _previous_results(bad) is None
+    assert not bad.exists() and (tmp_path / "bad.json.damaged").read_text() == '{"runs": 5}'

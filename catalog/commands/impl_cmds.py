@@ -224,14 +224,23 @@ def _method_figures(method: str, model: str) -> tuple[float, float, str]:
     path = Path("results") / f"{m.name}.json"
     if not path.is_file():
         raise ValueError(f"--method {method}: no stored results ({path}); run `atlas bench {m.name}`")
-    runs = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("model") == model]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError(f"--method {method}: {path} is not a readable results file; "
+                         f"`atlas bench {m.name}` writes it again")
+    runs = [r for r in runs if isinstance(r, dict) and r.get("model") == model
+            and isinstance(r.get("metrics"), dict) and isinstance(r.get("options", {}), dict)]
     if not runs:
         raise ValueError(f"--method {method}: {path} has no run on --model {model}")
     defaults = m.defaults()
     run = next((r for r in runs if r.get("options") == defaults), runs[0])
     metrics = run["metrics"]
     return (metrics.get("model_bits_per_param", 16.0), metrics.get("kv_bytes_ratio", 1.0),
-            " ".join(f"{k}={v}" for k, v in run["options"].items()))
+            " ".join(f"{k}={v}" for k, v in run.get("options", {}).items()))
 
 
 @app.command()

@@ -82,6 +82,22 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
     return result
 
 
+def _previous_results(path: Path) -> dict | None:
+    """The method's existing results file, or None when it is damaged: it is then moved aside to
+    `<name>.json.damaged` (kept for the user, never overwritten unseen) and the grid runs in full."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("runs", []), list) \
+            and all(isinstance(r, dict) for r in data.get("runs", [])):
+        return data
+    aside = path.with_name(path.name + ".damaged")
+    path.replace(aside)
+    _log(f"warning: {path} is not a results file; moved to {aside}, every grid point runs again")
+    return None
+
+
 def run_bench(
     methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False
 ) -> None:
@@ -92,7 +108,7 @@ def run_bench(
         path = RESULTS_DIR / f"{method.name}.json"
         previous = None
         if path.exists() and (models or missing_only):
-            previous = json.loads(path.read_text())
+            previous = _previous_results(path)
         result = bench_method(method, models=models, previous=previous, missing_only=missing_only)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")

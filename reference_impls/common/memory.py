@@ -112,7 +112,7 @@ def load_config(spec: str):
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{spec}: not a readable config.json ({exc})") from None
-        if "model_type" not in data:
+        if not isinstance(data, dict) or "model_type" not in data:
             raise ValueError(f"{spec}: config has no model_type")
         cls = AutoConfig.for_model(data["model_type"]).__class__
         return cls.from_dict(data) if issubclass(cls, PretrainedConfig) else AutoConfig.from_pretrained(path)
