@@ -41,9 +41,17 @@ def _older_build(directory: Path) -> bool:
 
 def check_target(site_dir: Path, *, force: bool = False) -> None:
     """SiteDirError unless `site_dir` is absent, empty, a previous site build, or `force` is given."""
-    if site_dir.is_symlink() or (site_dir.exists() and not site_dir.is_dir()):
+    if site_dir.is_symlink():
+        raise SiteDirError(f"--site-dir {site_dir} is a symbolic link; give the directory itself")
+    if site_dir.exists() and not site_dir.is_dir():
         raise SiteDirError(f"--site-dir {site_dir} exists and is not a directory")
-    if not site_dir.exists() or force:
+    if not site_dir.exists():
+        return
+    # Never replaced, not even with --force: the directory you work in, or a git checkout.
+    if Path.cwd().resolve().is_relative_to(site_dir.resolve()) or (site_dir / ".git").exists():
+        raise SiteDirError(f"--site-dir {site_dir} contains the current directory or a git repository; "
+                           "choose a directory of its own for the site")
+    if force:
         return
     try:
         empty = not any(site_dir.iterdir())

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from catalog.cli import app
 from catalog.site import build_site
-from catalog.site_dir import MARKER, site_problem
+from catalog.site_dir import MARKER, SiteDirError, site_problem
 from tests.catalog_fixtures import two_good
 
 runner = CliRunner()
@@ -74,6 +74,20 @@ def test_build_refuses_a_directory_of_the_users_files(fast_build, tmp_path):
     result = runner.invoke(app, ["build", "--site-dir", str(file_target), "--papers", str(fast_build)])
     assert result.exit_code == 1 and "not a directory" in result.stderr
     assert file_target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "git"])
+def test_force_never_replaces_the_working_directory_or_a_checkout(fast_build, tmp_path, monkeypatch, where):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "keep.txt").write_text("x")
+    if where == "git":
+        (work / ".git").mkdir()
+    if where != "git":
+        monkeypatch.chdir(work / "sub" if where == "parent" else work)
+    with pytest.raises(SiteDirError, match="contains the current directory or a git"):
+        build_site(fast_build, work, force=True)
+    assert (work / "keep.txt").exists()
 
 
 def test_build_with_force_replaces_the_directory(fast_build, tmp_path):
