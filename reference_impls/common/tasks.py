@@ -67,6 +67,11 @@ class Scored:
     tags: list = field(default_factory=list)  # per span: a grouping label (e.g. distance bucket)
 
 
+@lru_cache(maxsize=1)
+def _heldout_texts() -> tuple[str, ...]:
+    return tuple(corpus.split_texts("heldout"))  # one walk of the standard library per process
+
+
 def _encode(tokenizer, text: str):
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return enc["input_ids"], enc["offset_mapping"]
@@ -131,11 +136,11 @@ def _identifiers(src: str, body_start: int) -> list[tuple[int, int]]:
 
 
 def _code_items(tokenizer, seed: int) -> tuple[Scored, Scored]:
-    candidates = []
-    for src in sorted(set(_functions(corpus.split_texts("heldout")))):
-        ids, offsets = _encode(tokenizer, src)
-        if MIN_FUNCTION_TOKENS <= len(ids) <= MAX_TOKENS:
-            candidates.append((src, ids, offsets))
+    sources = sorted(set(_functions(_heldout_texts())))
+    enc = tokenizer(sources, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    candidates = [(src, ids, offsets)
+                  for src, ids, offsets in zip(sources, enc["input_ids"], enc["offset_mapping"], strict=True)
+                  if MIN_FUNCTION_TOKENS <= len(ids) <= MAX_TOKENS]
     chosen = random.Random(seed).sample(candidates, min(N_FUNCTIONS, len(candidates)))
     lines, names = Scored(torch.empty(0)), Scored(torch.empty(0))
     rows = []
@@ -223,7 +228,8 @@ def _recall_items(tokenizer, seed: int, *, control: bool = False) -> Scored:
     `control`: the same rows with the used name's assignment replaced by another novel name, so the
     later words of the used name appear nowhere before it (what a model gets right without recall)."""
     rng = random.Random(seed)
-    lines = [ln for text in corpus.split_texts("heldout") for ln in text.splitlines(keepends=True)]
+    lines = [ln for text in _heldout_texts() for ln in text.splitlines(keepends=True)]
+    lengths = [len(ids) for ids in tokenizer(lines, add_special_tokens=False, verbose=False)["input_ids"]]
     items = Scored(torch.empty(0))
     rows = []
     for _ in range(N_RECALL):
@@ -237,8 +243,8 @@ def _recall_items(tokenizer, seed: int, *, control: bool = False) -> Scored:
         target_distance = rng.randrange(8, MAX_TOKENS - 48)
         start = rng.randrange(len(lines) - 400)
         filler, n_filler = "", 0
-        for line in lines[start:]:
-            n_filler += len(_encode(tokenizer, line)[0])  # about the joint count: lines tokenize apart
+        for line, length in zip(lines[start:], lengths[start:], strict=True):
+            n_filler += length  # about the joint count: lines tokenize apart
             if n_filler > target_distance:
                 break
             filler += line
@@ -264,7 +270,7 @@ def _long_windows(tokenizer, seq_len: int) -> torch.Tensor:
     """`N_LONG_WINDOWS` windows spread evenly over the held-out stream: (n, seq_len)."""
     from reference_impls.common.data import token_stream
 
-    stream = token_stream(tokenizer, corpus.split_texts("heldout"))
+    stream = token_stream(tokenizer, list(_heldout_texts()))
     n = stream.numel() // seq_len
     picks = torch.linspace(0, n - 1, N_LONG_WINDOWS).long()
     return stream[: n * seq_len].view(n, seq_len)[picks]
