@@ -37,7 +37,7 @@ STUDENT_OPTIONS = {
     "student_init": Option("teacher", "teacher: copy evenly spaced teacher layers; random: fresh init",
                            choices=("teacher", "random")),
     "student_hidden": Option(0, "hidden size of a random-init student (0 = the teacher's)"),
-    "max_steps": Option(150, "training steps (the baseline runs as many)"),
+    "max_steps": Option(100, "training steps (the baseline runs as many)"),
     "time_budget": Option(0.0, "wall-clock limit of the distillation in seconds (0 = none)"),
     "lr": Option(5e-4, "peak learning rate (AdamW, warm-up then cosine)"),
     "batch_size": Option(8, "windows per step"),

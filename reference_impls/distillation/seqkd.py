@@ -9,7 +9,8 @@ instead of the reference y (§3.2): L = −log p_S(ŷ | x).
 Implemented (fidelity: exact for the objective): for every training window, the teacher continues its
 first `seq_len − gen_tokens` tokens (the source x) by beam search (beam 5, the paper's width; `greedy` or
 `sample` as options) for exactly `gen_tokens` tokens (transformers' `generate`, end-of-text suppressed
-until then); the student is trained by cross-entropy on the generated tokens. Not here: Seq-Inter (the
+until then) — the first `pool` windows, decoded once and cycled, as the paper decodes its training set
+once; the student is trained by cross-entropy on the generated tokens. Not here: Seq-Inter (the
 beam closest to the reference by BLEU), combination with word-level KD, weight pruning of the student.
 """
 
@@ -47,15 +48,19 @@ def teacher_outputs(teacher, windows: torch.Tensor, *, gen_tokens: int, decoding
     options={**_causal.STUDENT_OPTIONS,
              "decoding": Option("beam", "how the teacher decodes", choices=("beam", "greedy", "sample")),
              "num_beams": Option(5, "beam width (the paper's 5)"),
-             "gen_tokens": Option(32, "tokens the teacher generates after each prefix")},
+             "gen_tokens": Option(32, "tokens the teacher generates after each prefix"),
+             "pool": Option(128, "training windows the teacher decodes (cycled over the steps)")},
     bench=[{}], bench_models=("causal",),
 )
-def run_seqkd(ctx, *, decoding: str, num_beams: int, gen_tokens: int, **opts) -> dict:
+def run_seqkd(ctx, *, decoding: str, num_beams: int, gen_tokens: int, pool: int, **opts) -> dict:
     _causal.check_options(**opts)
     if not 1 <= gen_tokens < opts["seq_len"] or num_beams < 1:
         raise ValueError(f"--gen-tokens must be in 1..seq_len-1 and --num-beams >= 1, got {gen_tokens}, "
                          f"{num_beams}")
+    if pool < opts["batch_size"]:
+        raise ValueError(f"--pool must be at least --batch-size, got {pool}")
     setup = _causal.prepare(ctx, **opts)
+    setup.windows = setup.windows[:pool]  # the baseline cycles the same windows (their real text)
     t0 = time.perf_counter()
     targets = teacher_outputs(setup.teacher, setup.windows, gen_tokens=gen_tokens, decoding=decoding,
                               num_beams=num_beams)
