@@ -244,6 +244,7 @@ BENCHES = {
     "task-agreement": "reference_impls.common.grids:bench_task_agreement",
     "search": "catalog.search_bench:run_bench",
     "site": "catalog.site_bench:run_bench",
+    "perf": "reference_impls.common.perf_bench:run_bench",
 }
 
 
@@ -269,6 +270,7 @@ def bench(
              atlas bench compositions   (a+b combinations → results/compositions.json)
              atlas bench task-agreement (perplexity vs the task suite → results/task_agreement.json)
              atlas bench --quick        (CI: a tiny grid, every figure checked finite)
+             atlas bench perf           (timings against the official loops → results/perf.json)
     """
     import importlib
 
