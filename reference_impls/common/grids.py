@@ -124,7 +124,13 @@ def _weight_runs(results_dir: Path) -> list[tuple[str, dict]]:
             key = (run["method"], o.get("bits"), o.get("group_size"))
             if run.get("time_s", 0) <= AGREEMENT_MAX_TIME_S or key in AGREEMENT_ALWAYS:
                 chosen.append((run["method"], run))
-    return chosen
+    # round robin over methods: a study cut short still covers every method once before any twice
+    count: dict[str, int] = {}
+    ranked = []
+    for method, run in chosen:
+        ranked.append((count.get(method, 0), method, run))
+        count[method] = count.get(method, 0) + 1
+    return [(m, r) for _, m, r in sorted(ranked, key=lambda x: x[0])]
 
 
 def _spearman(x: list[float], y: list[float]) -> float:
