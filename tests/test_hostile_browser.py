@@ -37,6 +37,10 @@ def test_hostile_pages_and_search_run_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("catalog.site_data.cached_registry_index", lambda cache_dir: {})
     build_site(papers, tmp_path / "site")
+    # the control: a page with a live handler and a javascript: link, which the harness must catch
+    (tmp_path / "site" / "control.html").write_text(
+        '<html><body><article><span onmouseover="alert(\'control\')">x</span>'
+        '<a href="javascript:void(0)">y</a></article></body></html>')
     handler = functools.partial(QuietHandler, directory=str(tmp_path / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -57,6 +61,9 @@ def test_hostile_pages_and_search_run_nothing(tmp_path, monkeypatch):
                 page.goto(base + path, wait_until="load")
                 page.evaluate(TOUCH)
                 fired[path] = page.evaluate("window.__fired")
+            page.goto(base + "/control.html", wait_until="load")
+            page.evaluate(TOUCH)
+            control = page.evaluate("window.__fired")
             page.goto(base + "/", wait_until="networkidle")
             for query in ("weights", "alert", "script", "onerror", "Ada"):
                 box = page.locator("input.md-search__input")
@@ -72,5 +79,6 @@ def test_hostile_pages_and_search_run_nothing(tmp_path, monkeypatch):
             browser.close()
     finally:
         server.shutdown()
+    assert control == ["control", "href javascript:void(0)"], control  # the harness sees live payloads
     assert not dialogs
     assert not {k: v for k, v in fired.items() if v}
