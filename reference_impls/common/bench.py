@@ -21,6 +21,10 @@ RESULTS_DIR = Path("results")
 # grid in minutes, and the count is in every record (metrics.eval_windows) for anyone who wants more.
 BENCH_EVAL_WINDOWS = 128
 
+# Families whose methods change generation (the cache, the prompt), not the weights the task suite
+# reads: their runs would score exactly the uncompressed model's tasks, so they are not scored.
+NO_TASK_FAMILIES = ("kv_cache", "prompt")
+
 # Extra measurements per method: name -> (module, function returning a JSON-serializable dict).
 EXTRAS = {"gptq": ("reference_impls.common.gptq_timing", "layer_timing")}
 
@@ -58,7 +62,8 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
                     runs.append(old[0])
                     continue
             t0 = time.perf_counter()
-            record = run_method(method.name, model=model, eval_windows=eval_windows, options=options)
+            record = run_method(method.name, model=model, eval_windows=eval_windows, options=options,
+                                tasks=method.family not in NO_TASK_FAMILIES)
             runs.append(record)
             m = record["metrics"]
             metric = (f"ppl {m['perplexity']:.3f} (fp {m['perplexity_fp']:.3f})" if "perplexity" in m
