@@ -25,6 +25,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -333,8 +334,11 @@ def _prune(root: Path, keep: str) -> None:
     """Remove older indexes (their vectors were reused already) and temporaries of dead builds."""
     now = time.time()
     for directory in root.iterdir():
-        if directory.name == keep or not directory.is_dir():
+        if directory.name == keep or not directory.is_dir() or directory.is_symlink():
             continue
+        ours = re.fullmatch(r"[0-9a-f]{20}", directory.name) or directory.name.startswith(".tmp-")
+        if not ours:
+            continue  # --cache-dir may point somewhere with other files: delete only what atlas wrote
         if directory.name.startswith(".tmp-") and now - directory.stat().st_mtime < STALE_TMP_S:
             continue  # possibly a build running right now in another process
         shutil.rmtree(directory, ignore_errors=True)

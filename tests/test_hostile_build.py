@@ -296,3 +296,18 @@ def test_concurrent_build_and_serve_threads_do_not_see_a_half_site(built_site, f
         done.set()
         watcher.join()
     assert not problems and site_problem(built_site) is None and not leftovers(built_site.parent)
+
+
+def test_index_never_deletes_what_it_did_not_write(tmp_path, fake_embeddings):
+    """--cache-dir may name a folder that holds other things: only index directories are pruned."""
+    from catalog.index import load_or_build
+    from catalog.load import load_records
+
+    mine = tmp_path / "cache" / "search" / "my-notes"
+    mine.mkdir(parents=True)
+    (mine / "draft.txt").write_text("keep")
+    records = load_records(two_good(tmp_path / "papers"))
+    first = load_or_build(records, tmp_path / "cache", progress=False)
+    load_or_build(records[:1], tmp_path / "cache", progress=False)  # a new index prunes the old one
+    assert (mine / "draft.txt").read_text() == "keep"
+    assert not (tmp_path / "cache" / "search" / first.key).exists()
