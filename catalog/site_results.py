@@ -257,4 +257,6 @@ def results_page_for(data) -> str:
 
     known = set(data.by_id)
     plots = data.plots if data.plots is not None else make_plots(data.runs, known) if data.runs else []
-    return results_page(data.runs, known, plots)
+    from catalog.site_perf import perf_section
+
+    return "\n".join([results_page(data.runs, known, plots), "", *perf_section()])
