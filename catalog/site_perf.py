@@ -12,17 +12,22 @@ def _s(value) -> str:
     return f"{value:.2f}" if isinstance(value, int | float) else "–"
 
 
+def _shape(part: dict) -> str:
+    return "×".join(str(x) for x in part.get("shape") or ["?", "?"])
+
+
 def _rows(perf: dict) -> list[tuple[str, object, object]]:
     """(what, ours, reference) in seconds unless the label says otherwise."""
     rows: list[tuple[str, object, object]] = []
     g = perf.get("gptq_layer") or {}
     if "gptq_s" in g:
-        rows.append((f"GPTQ {g.get('bits')}-bit g{g.get('group_size')}, one 4096×4096 layer, vs the official "
-                     "loop", g["gptq_s"], g.get("straightforward_s")))
-    for p in (perf.get("sparsegpt_layer") or {}).get("patterns", []):
+        what = f"GPTQ {g.get('bits')}-bit g{g.get('group_size')}, one {_shape(g)} layer, vs the official loop"
+        rows.append((what, g["gptq_s"], g.get("straightforward_s")))
+    sg = perf.get("sparsegpt_layer") or {}
+    for p in sg.get("patterns", []):
         pattern = f"{p['prune_n']}:{p['prune_m']}" if p.get("prune_n") else f"{p.get('sparsity', 0.5):.0%}"
-        rows.append((f"SparseGPT {pattern}, one 4096×4096 layer, vs the official loop", p.get("sparsegpt_s"),
-                     p.get("straightforward_s")))
+        what = f"SparseGPT {pattern}, one {_shape(sg)} layer, vs the official loop"
+        rows.append((what, p.get("sparsegpt_s"), p.get("straightforward_s")))
     h = perf.get("hessian_accumulation") or {}
     if "accumulate_s" in h:
         size = f"{h.get('tokens')} tokens × {h.get('in_features')} inputs"

@@ -10,8 +10,10 @@ from catalog.site_perf import perf_section
 def test_speed_table_rows_and_ratios(tmp_path):
     perf = {"generated": "2026-12-03T01:00:00+00:00", "machine": {"cpus": 2, "torch_threads": 2,
                                                                    "load_at_start": [3.5, 2, 1]},
-            "gptq_layer": {"bits": 4, "group_size": 128, "gptq_s": 3.0, "straightforward_s": 6.0},
-            "sparsegpt_layer": {"patterns": [{"sparsity": 0.5, "sparsegpt_s": 2.0, "straightforward_s": 5.0},
+            "gptq_layer": {"shape": [4096, 4096], "bits": 4, "group_size": 128, "gptq_s": 3.0,
+                           "straightforward_s": 6.0},
+            "sparsegpt_layer": {"shape": [4096, 4096],
+                                "patterns": [{"sparsity": 0.5, "sparsegpt_s": 2.0, "straightforward_s": 5.0},
                                              {"prune_n": 2, "prune_m": 4, "sparsegpt_s": 3.0,
                                               "straightforward_s": 4.0}]},
             "hessian_accumulation": {"tokens": 16384, "in_features": 4096, "accumulate_s": 1.1,

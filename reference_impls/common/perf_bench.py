@@ -153,8 +153,13 @@ def _write(result: dict) -> None:
     tmp.replace(RESULTS)
 
 
-def run_bench(papers_dir: Path, *, repeats: int = 3) -> dict:
+def run_bench(papers_dir: Path, *, repeats: int | None = None, n: int | None = None) -> dict:
+    """`n` (default 4096, env ATLAS_PERF_LAYER) sizes the square layer; `repeats` (default 3, env
+    ATLAS_PERF_REPEATS) the alternated solves. A machine under heavy load may need a smaller layer."""
     from reference_impls.common import gptq_timing, sparsegpt_timing
+
+    n = n or int(os.environ.get("ATLAS_PERF_LAYER", "4096"))
+    repeats = repeats or int(os.environ.get("ATLAS_PERF_REPEATS", "3"))
 
     result = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -163,11 +168,11 @@ def run_bench(papers_dir: Path, *, repeats: int = 3) -> dict:
                                                                   "GOMP_SPINCOUNT")}}}
     # The solves do not depend on how many tokens built H: 16,384 keep this part affordable; the
     # accumulation itself is timed by hessian_vs_gemm.
-    H = gptq_timing.calibration_hessian(4096, 16384)[0]
-    _part(result, "gptq_layer", lambda: gptq_timing.layer_timing(n_tokens=16384, repeats=repeats))
-    _part(result, "sparsegpt_layer", lambda: sparsegpt_timing.layer_timing(n_tokens=16384, repeats=repeats,
-                                                                           hessian=H))
-    _part(result, "hessian_accumulation", hessian_vs_gemm)
+    H = gptq_timing.calibration_hessian(n, 16384)[0]
+    _part(result, "gptq_layer", lambda: gptq_timing.layer_timing(n=n, n_tokens=16384, repeats=repeats))
+    _part(result, "sparsegpt_layer", lambda: sparsegpt_timing.layer_timing(n=n, n_tokens=16384,
+                                                                           repeats=repeats, hessian=H))
+    _part(result, "hessian_accumulation", lambda: hessian_vs_gemm(n_in=n))
     _part(result, "atlas_run", atlas_runs)
     _part(result, "search_site", lambda: search_and_site(Path(papers_dir)))
     result["llmcompressor"] = llmcompressor_status()
