@@ -76,8 +76,9 @@ def training_windows(loaded, *, seq_len: int, every: int = 8) -> torch.Tensor:
 OPTIONS = {
     "hidden_size": Option(128, "width of both from-scratch models"),
     "layers": Option(2, "decoder layers of both models"),
-    "max_steps": Option(200, "training steps of each model"),
-    "time_budget": Option(240.0, "wall-clock limit per model in seconds (0: none)"),
+    "max_steps": Option(60, "training steps of each model (the same for both)"),
+    "time_budget": Option(0.0, "wall-clock limit per model in seconds (0: none; a limit can end the two "
+                                "models at different steps)"),
     "lr": Option(3e-3, "peak learning rate of both models (AdamW, warm-up, cosine)"),
     "seq_len": Option(128, "training window length"),
     "batch_size": Option(8, "windows per step"),
