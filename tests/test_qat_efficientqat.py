@@ -22,7 +22,7 @@ def test_block_ap_beats_rtn_reconstruction_on_the_same_block():
 
         target = bc.run()
         rtn = copy.deepcopy(bc.block)
-        for name, m in bc.adapter.linears(rtn).items():
+        for _name, m in bc.adapter.linears(rtn).items():
             w = m.weight.detach()
             s, z = minmax_grid(w, bits=2, group_size=16)
             m.weight.data.copy_(dequantize(quantize_codes(w, s, z, bits=2), s, z))
