@@ -165,3 +165,31 @@ def test_minillm_loss_is_zero_at_the_teacher_and_follows_the_policy_gradient():
         w = lq.exp() / (0.8 * lq.exp() + 0.2 * lp.exp())
     (ref,) = torch.autograd.grad(-(A * w * lq).mean(), s)
     torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_kd_after_pruning_recovers_from_the_dense_original(tokenizer, monkeypatch):
+    """`magnitude+kd`: the pruned model is the student, the dense model (reloaded) the teacher, and
+    the pruned weights stay zero through training; a quantizing stage before kd is refused."""
+    import copy
+
+    ctx = _ctx(tokenizer)
+    dense = copy.deepcopy(ctx.model)
+    monkeypatch.setattr(_causal, "load_model", lambda name, device: LoadedModel(
+        name, copy.deepcopy(dense), tokenizer, adapter_for(dense), torch.device("cpu")))
+    prune = registry.get("magnitude")
+    prune.apply(ctx, **{**prune.defaults(), "sparsity": 0.5})
+    pruned = ctx.model
+    zeros = {n: (pruned.get_submodule(n).weight == 0).clone() for n in ctx.ledger.layers}
+    out = _run("kd", ctx)
+    assert ctx.model is pruned and out["recovered_from_dense"]
+    assert out["student_sparsity"] == pytest.approx(0.5, abs=0.01)
+    for n, z in zeros.items():
+        w = pruned.get_submodule(n).weight
+        assert torch.all(w[z] == 0) and not torch.equal(w, dense.get_submodule(n).weight)
+    assert out["heldout_kl"] > 0 and math.isfinite(out["perplexity_no_distill"])
+
+    ctx = _ctx(tokenizer)
+    rtn = registry.get("rtn")
+    rtn.apply(ctx, **{**rtn.defaults(), "bits": 4})
+    with pytest.raises(ValueError, match="quantizing"):
+        _run("kd", ctx)

@@ -10,6 +10,12 @@ Protocol (the same for kd, seqkd, minillm, gkd, distillm):
   first `prompt_len` tokens of a window as the prompt and generate the rest;
 - baseline = the same initial student trained with next-token cross-entropy on the same windows, in the
   same order, for the same number of steps and the same schedule (`perplexity_no_distill`);
+- after an earlier stage of a composition (`atlas run sparsegpt+kd`: the ledger already holds compressed
+  matrices), the student is that compressed model itself and the teacher its dense original, reloaded:
+  KD-based recovery of a pruned model from its dense self (Minitron / SparseGPT-style recovery); weights
+  the pruner zeroed are zeroed again before every step, so the sparsity pattern and its storage cost stay;
+  the baseline is the same pruned model recovered with cross-entropy alone. Quantized stages are refused
+  (training would leave their grid);
 - report = held-out perplexity (the runner, on the student), `heldout_kl` = mean per-token
   KL(p_teacher ‖ p_student) on the runner's held-out windows, the same for the baseline, sizes, steps
   and wall times of both trainings.
@@ -29,6 +35,7 @@ from transformers import DynamicCache
 
 from reference_impls.common import corpus, data
 from reference_impls.common.adapters import adapter_for
+from reference_impls.common.models import load_model
 from reference_impls.common.registry import Option
 from reference_impls.common.training import TrainConfig, TrainResult, causal_lm_loss, make_student, train
 
@@ -71,8 +78,17 @@ class Setup:
     windows: torch.Tensor  # (max_steps · batch_size, seq_len) training windows, in step order
     cfg: TrainConfig
     batch_size: int
+    masks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # pruned student: W != 0
+
+    def project(self, model) -> None:
+        """Zero the pruned weights again (the optimizer's last step moved them)."""
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                model.get_submodule(name).weight.mul_(mask)
 
     def batch_at(self, step: int) -> dict:
+        self.project(self.student)
+        self.project(self.baseline)
         i = (step * self.batch_size) % self.windows.shape[0]
         return {"input_ids": self.windows[i : i + self.batch_size]}
 
@@ -102,13 +118,29 @@ def prepare(ctx, *, student_layers, student_init, student_hidden, max_steps, tim
             seq_len, **_) -> Setup:
     if ctx.loaded.kind != "causal":
         raise ValueError("this method distils a causal LM: use --model causal or a causal LM directory")
-    teacher = ctx.model.eval()
-    student = build_student(teacher, student_layers=student_layers, student_init=student_init,
-                            student_hidden=student_hidden, seed=ctx.seed).train()
+    masks = {}
+    if ctx.ledger.layers:  # an earlier stage compressed the model: recover it from its dense original
+        teacher, student, masks = compressed_student(ctx)
+    else:
+        teacher = ctx.model.eval()
+        student = build_student(teacher, student_layers=student_layers, student_init=student_init,
+                                student_hidden=student_hidden, seed=ctx.seed).train()
     cfg = TrainConfig(max_steps=max_steps, time_budget=time_budget or None, lr=lr,
                       warmup_steps=max(1, max_steps // 20), seed=ctx.seed, bf16=False)
     windows = train_windows(ctx.loaded, n=max_steps * batch_size, seq_len=seq_len, seed=ctx.seed)
-    return Setup(teacher, student, copy.deepcopy(student), windows.to(ctx.device), cfg, batch_size)
+    return Setup(teacher, student, copy.deepcopy(student), windows.to(ctx.device), cfg, batch_size, masks)
+
+
+def compressed_student(ctx):
+    """(dense teacher reloaded, the compressed model as student, masks of its pruned matrices)."""
+    quantized = [n for n, p in ctx.ledger.parts.items() if p.value_bits < 16]
+    if quantized or set(ctx.ledger.layers) - set(ctx.ledger.parts):
+        raise ValueError("distillation after a quantizing stage would move weights off its grid: "
+                         "compose it after a pruning method (e.g. sparsegpt+kd)")
+    teacher = load_model(ctx.loaded.name, ctx.device).model.eval()
+    student = ctx.model.train()
+    masks = {name: (student.get_submodule(name).weight != 0).float() for name in ctx.ledger.layers}
+    return teacher, student, masks
 
 
 # ---------------------------------------------------------------- sampling
@@ -163,6 +195,8 @@ def finish(ctx, setup: Setup, result: TrainResult, *, extra: dict | None = None)
     base_cfg = dataclasses.replace(setup.cfg, max_steps=result.steps, time_budget=None)
     setup.baseline.train()
     base = train(setup.baseline.parameters(), causal_lm_loss(setup.baseline), setup.batch_at, base_cfg)
+    setup.project(setup.student)
+    setup.project(setup.baseline)
     setup.student.eval()
     setup.baseline.eval()
     windows = data.heldout_windows(ctx.loaded, max_windows=ctx.eval_windows)
@@ -176,6 +210,10 @@ def finish(ctx, setup: Setup, result: TrainResult, *, extra: dict | None = None)
            "student_params": sum(p.numel() for p in setup.student.parameters()),
            "student_layers": cfg.num_hidden_layers, "student_hidden": cfg.hidden_size,
            "train_windows": setup.windows.shape[0], "seq_len": setup.windows.shape[1]}
+    if setup.masks:
+        kept = sum(int(m.sum()) for m in setup.masks.values())
+        out.update(recovered_from_dense=True,
+                   student_sparsity=1 - kept / sum(m.numel() for m in setup.masks.values()))
     out.update(result.summary("distill"))
     out.update(base.summary("no_distill"))
     out.update(extra or {})

@@ -7,7 +7,9 @@ the soft-target gradient's scale independent of T (§2 of the paper). On a langu
 token-level (word-level) KD: every next-token position is one classification.
 
 Implemented (fidelity: exact for the objective): the loss above with `losses.forward_kl`, on training
-windows of the corpus, for a student built by `make_student`; the teacher frozen.
+windows of the corpus, for a student built by `make_student`; the teacher frozen. After a pruning stage
+(`atlas run sparsegpt+kd`, `wanda+kd`) the pruned model is the student and the dense original the
+teacher: KD-based recovery, the pruned weights kept at zero (see `_causal.py`).
 Not in the paper / not here: the paper's ensembles and specialist models; its MNIST and speech setups.
 """
 

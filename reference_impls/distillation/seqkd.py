@@ -69,6 +69,7 @@ def run_seqkd(ctx, *, decoding: str, num_beams: int, gen_tokens: int, pool: int,
     student = setup.student
 
     def batch_at(step):
+        setup.project(student)  # a pruned student (composition) keeps its zeros
         i = (step * setup.batch_size) % targets.shape[0]
         return targets[i : i + setup.batch_size]
 
