@@ -83,8 +83,10 @@ def scatter_svg(slug: str, points: list[Point], *, xlabel: str, ylabel: str, min
     colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
     color_of = {s: colors(i % colors.N) for i, s in enumerate(series)}
     for i, p in enumerate(points):
-        ax.scatter([p.x], [p.y], s=28, marker=p.marker, color=color_of[p.series], gid=f"{slug}-pt{i}",
-                   urls=[p.url] if p.url else None, zorder=3, edgecolors="white", linewidths=0.5)
+        # combinations (diamonds) on top: they sit next to the single methods they combine
+        ax.scatter([p.x], [p.y], s=44 if p.marker == "D" else 28, marker=p.marker, color=color_of[p.series],
+                   gid=f"{slug}-pt{i}", urls=[p.url] if p.url else None, zorder=4 if p.marker == "D" else 3,
+                   edgecolors="black" if p.marker == "D" else "white", linewidths=0.5)
     front = pareto_front(points, min_x=min_x, min_y=min_y)
     ax.plot([p.x for p in front], [p.y for p in front], color="0.35", lw=1, ls="-", zorder=2)
     for y, label in refs:
@@ -157,6 +159,14 @@ def _plot_weights(runs, known, *, families, slug, color_by_family=False):
                         ylabel="held-out perplexity (causal LM)", refs=_fp_ref(chosen))
 
 
+def _plot_size(runs, known, *, families):
+    chosen = [r for r in runs if r.model == "causal" and r.family in families and r.perplexity is not None
+              and r.size_mb is not None]
+    points = [_point(r, r.size_mb, r.perplexity, known) for r in chosen]
+    return points, dict(xlabel="stored weights (MB)", ylabel="held-out perplexity (causal LM)",
+                        refs=_fp_ref(chosen))
+
+
 def _plot_sparsity(runs, known, *, slug, families=("pruning", "combination")):
     chosen = [r for r in runs if r.model == "causal" and r.family in families and r.perplexity is not None
               and r.sparsity is not None and r.sparsity > 0]
@@ -227,10 +237,13 @@ def plot_specs(runs: list[Run]) -> list[PlotSpec]:
          "retrieve the same catalog papers for held-out queries?",
          lambda rs, k, slug: _plot_encoder(rs, k, slug=slug)),
     ]
-    for family in ("low_rank", "distillation", "encoding", "qat", "finetuning"):
-        specs.append((f"pareto-{family}", f"{family.replace('_', '-').capitalize()}: bits per weight vs "
-                      "perplexity", "Causal LM.",
+    for family, title in (("low_rank", "Low-rank"), ("encoding", "Encoding"), ("qat", "QAT")):
+        specs.append((f"pareto-{family}", f"{title}: bits per weight vs perplexity", "Causal LM.",
                       lambda rs, k, slug, f=family: _plot_weights(rs, k, families=(f,), slug=slug)))
+    for family, title in (("distillation", "Distillation"), ("finetuning", "Finetuning")):
+        specs.append((f"pareto-{family}", f"{title}: model size vs perplexity", "Causal LM: students and "
+                      "adapted models at their stored size (16-bit weights count 16 bits).",
+                      lambda rs, k, slug, f=family: _plot_size(rs, k, families=(f,))))
     specs.append(("pareto-combination", "Combinations: bits per weight vs perplexity",
                   "Composed methods (results/compositions.json) beside the single methods they combine.",
                   _plot_combinations))
