@@ -122,8 +122,28 @@ class Run:
 
     def setting(self, keys: list[str] | None = None) -> str:
         """`key=value` for the given option keys (default: the budget options the run has)."""
-        keys = keys if keys is not None else [k for k in BUDGET_OPTIONS if k in self.options]
-        return ", ".join(f"{k}={_fmt(self.options.get(k))}" for k in keys if k in self.options)
+        keys = keys if keys is not None else budget_keys(self.options)
+        return ", ".join(f"{k}={_fmt(self.options.get(k))}" for k in keys
+                         if k in self.options and not self._no_op(k))
+
+    def _no_op(self, key: str) -> bool:
+        """Options at their 'off' value (bits 0 or 16, N:M 0) and the group size of an off quantizer."""
+        stage, _, name = key.rpartition(".")
+        prefix = f"{stage}." if stage else ""
+        value = self.options.get(key)
+        if name in ("bits", "prune_n", "prune_m"):
+            return value in (0, 16) if name == "bits" else value == 0
+        if name == "group_size":
+            return self.options.get(prefix + "bits") in (0, 16)
+        return False
+
+
+def budget_keys(options: dict) -> list[str]:
+    """The budget options among `options`, in BUDGET_OPTIONS order; a composition's stage-qualified
+    options (`gptq.bits`) count as their option."""
+    order = {k: i for i, k in enumerate(BUDGET_OPTIONS)}
+    keys = [k for k in options if k.rsplit(".", 1)[-1] in order]
+    return sorted(keys, key=lambda k: (order[k.rsplit(".", 1)[-1]], k))
 
 
 def _fmt(value) -> str:

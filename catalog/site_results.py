@@ -87,14 +87,15 @@ Column = tuple[str, str, Callable[[Run], str]]  # header, tooltip, cell html
 def setting_keys_of(runs: list[Run]) -> dict[str, list[str]]:
     """method -> the option keys its setting cell shows: the budget options, then any other option whose
     value differs between the method's runs (so two runs of one method never look the same)."""
-    from catalog.results import BUDGET_OPTIONS
+    from catalog.results import budget_keys
 
     out: dict[str, list[str]] = {}
     for method in {r.method for r in runs}:
         options = [r.options for r in runs if r.method == method]
-        keys = {k for o in options for k in o}
-        varying = sorted(k for k in keys - set(BUDGET_OPTIONS) if len({repr(o.get(k)) for o in options}) > 1)
-        out[method] = [k for k in BUDGET_OPTIONS if k in keys] + varying
+        budget = budget_keys({k: None for o in options for k in o})
+        keys = {k for o in options for k in o} - set(budget)
+        varying = sorted(k for k in keys if len({repr(o.get(k)) for o in options}) > 1)
+        out[method] = budget + varying
     return out
 
 
@@ -231,7 +232,7 @@ def _comparison_row(r: Run, members: list[Run], method: str, budget: tuple, know
     # a method measured twice at one budget (e.g. with and without decode-time eviction) names what differs
     same = [x.options for x in members if x.method == r.method]
     varying = sorted(k for k in {k for o in same for k in o} if len({repr(o.get(k)) for o in same}) > 1)
-    variant = f"({r.setting(varying)})" if varying else ""
+    variant = f"({r.setting(varying)})" if varying and r.setting(varying) else ""
     paper = next((p for p in r.papers if p in known), None)
     name = f"[{_md(r.method)}]({paper}.md)" if paper and r.method != method else _md(r.method)
     name = (f"**{name}**" if r.method == method else name) + (" " + _md(variant) if variant else "")
