@@ -235,3 +235,13 @@ def test_plots_are_cached_by_content(results_dir, tmp_path, monkeypatch):
     runs[0].metrics["perplexity"] += 1.0  # a changed result is drawn again
     with pytest.raises(pytest.fail.Exception):
         site_plots.cached_plots(runs, {"gptq"}, tmp_path / "cache")
+
+
+def test_setting_names_budget_options_and_drops_off_values():
+    combo = Run(method="sparsegpt+gptq", family="combination", model="causal", metrics={},
+                options={"sparsity": 0.5, "prune_n": 0, "prune_m": 0, "sparsegpt.bits": 0,
+                         "sparsegpt.group_size": -1, "gptq.bits": 4, "gptq.group_size": 128, "damp": 0.01})
+    assert combo.setting() == "gptq.bits=4, gptq.group_size=128, sparsity=0.5"
+    nm = Run(method="wanda", family="pruning", model="causal", metrics={},
+             options={"sparsity": 0.5, "prune_n": 2, "prune_m": 4})
+    assert nm.setting() == "sparsity=0.5, prune_n=2, prune_m=4" and nm.budget()[-1] == ("n:m", "2:4")
