@@ -8,6 +8,7 @@ that `atlas --help` and the catalog commands start fast.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,10 @@ try:  # typer >= 0.20 ships its own copy of click; its commands raise that copy'
 except ImportError:  # pragma: no cover - older typer uses click itself
     _TyperUsageError = click.UsageError
 USAGE_ERRORS = (click.UsageError, _TyperUsageError)
+
+# bitsandbytes (imported by peft) warns on every import that an optional CPU kernel package is absent:
+# nothing atlas uses, and a line of noise before every command's own output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class AtlasGroup(TyperGroup):
