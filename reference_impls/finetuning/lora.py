@@ -33,7 +33,8 @@ OPTIONS["bits"] = Option(3, "base weight bits (2-8; 16: unquantized base)")
 @register(
     "lora", family="finetuning", papers=["lora"], fidelity="exact",
     summary="peft LoRA adapters on the RTN-quantized (or full-precision) model",
-    options=OPTIONS, bench=RECOVERY_BENCH, bench_models=("causal",),
+    # bits 16: the same adapters on the unquantized model, to separate recovery from plain finetuning
+    options=OPTIONS, bench=[*RECOVERY_BENCH, {"bits": 16}], bench_models=("causal",),
 )
 def run_lora(ctx, *, bits, group_size, max_steps, time_budget, lr, rank) -> dict:
     check_recovery(bits=bits, max_steps=max_steps, time_budget=time_budget, lr=lr, allow_16=True)
