@@ -1,10 +1,10 @@
 """AdaLoRA: "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning" (Zhang, Chen,
 Bukharin, Karampatziakis, He, Chen, Zhao; arXiv 2303.10512, ICLR 2023); record `adalora`.
 
-Each update is W₀ + PΛQ (eq. 3) with P, Q kept near orthogonal by a regulariser (eq. 4) instead of a
+Each update is W₀ + PΛQ with P, Q kept near orthogonal by a regulariser instead of a
 real SVD; every singular triplet gets an importance score from smoothed sensitivity |w·∇w| and its
-uncertainty (eqs. 8-11), and a cubic schedule shrinks the total rank budget from `init_r` per matrix
-to `target_r` on average (eq. 12), masking the least important singular values. Here W₀ is the b-bit
+uncertainty, and a cubic schedule shrinks the total rank budget from `init_r` per matrix
+to `target_r` on average, masking the least important singular values. Here W₀ is the b-bit
 RTN-quantized weight (`common/qat.py`); `--bits 16` the unquantized model.
 
 Implemented (fidelity: exact, through `peft`'s AdaLoRA, which follows the official code): adapters on

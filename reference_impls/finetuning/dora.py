@@ -1,7 +1,7 @@
 """DoRA: "DoRA: Weight-Decomposed Low-Rank Adaptation" (Liu, Wang, Yin, Molchanov, Wang, Cheng, Chen;
 arXiv 2402.09353, ICML 2024); record `dora`.
 
-W' = m · (W₀ + BA) / ‖W₀ + BA‖_c (eq. 5): the weight split into a magnitude vector m (one norm per
+W' = m · (W₀ + BA) / ‖W₀ + BA‖_c: the weight split into a magnitude vector m (one norm per
 output row of the (out, in) matrix — the paper's column norm of its (in, out) layout — initialised to
 ‖W₀‖_c) and a direction updated by LoRA; m, A and B train. Here W₀ is the b-bit RTN-quantized weight
 (`common/qat.py`), `--bits 16` the unquantized model.

@@ -1,8 +1,8 @@
 """LoftQ: "LoftQ: LoRA-Fine-Tuning-Aware Quantization for Large Language Models" (Li, Yu, Liang, He,
 Karampatziakis, Chen, Zhao; arXiv 2310.08659, ICLR 2024); record `loftq`.
 
-Quantize and initialise the adapters together, min ‖W − Q − ABᵀ‖_F (eq. 6), by alternating (Alg. 1)
-Q_t = q_N(W − A_{t−1}B_{t−1}ᵀ) (eq. 7) and A_t B_tᵀ = SVD_r(W − Q_t) (eqs. 8-9, A = U√Σ, B = V√Σ),
+Quantize and initialise the adapters together, min ‖W − Q − ABᵀ‖_F, by alternating (Algorithm 1)
+Q_t = q_N(W − A_{t−1}B_{t−1}ᵀ) and A_t B_tᵀ = SVD_r(W − Q_t) (A = U√Σ, B = V√Σ),
 from A₀B₀ᵀ = 0; then LoRA fine-tunes A, B on the frozen Q. With one step it is QLoRA's Q plus the
 best rank-r correction of its error, so ‖W − (Q + ABᵀ)‖ ≤ ‖W − Q_QLoRA‖ always.
 
@@ -48,12 +48,12 @@ def loftq_init(weight: torch.Tensor, *, quantize: Callable[[torch.Tensor], torch
     W = weight.detach().float()  # (out, in)
     residual = W  # A₀ = B₀ = 0
     for _ in range(num_iter):
-        Q = quantize(residual)  # eq. 7
-        U, S, Vh = torch.linalg.svd(W - Q, full_matrices=False)  # eq. 8
+        Q = quantize(residual)  # Q_t = q_N(W − A_{t−1}B_{t−1}ᵀ)
+        U, S, Vh = torch.linalg.svd(W - Q, full_matrices=False)  # SVD of W − Q_t
         root = S[:rank].sqrt()
         B = U[:, :rank] * root  # (out, r) = U√Σ
         A = root[:, None] * Vh[:rank]  # (r, in) = √Σ Vᵀ
-        residual = W - B @ A  # eq. 9, fed to the next quantization
+        residual = W - B @ A  # fed to the next quantization
     return Q, A, B
 
 

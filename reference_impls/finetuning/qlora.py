@@ -1,7 +1,7 @@
 """QLoRA: "QLoRA: Efficient Finetuning of Quantized LLMs" (Dettmers, Pagnoni, Holtzman, Zettlemoyer;
 arXiv 2305.14314, NeurIPS 2023); record `qlora`.
 
-Y = X·doubleDequant(c₁, c₂, W^NF4) + X·L₁·L₂·s (eq. 5): the base is frozen in 4-bit NormalFloat with
+Y = X·doubleDequant(c₁, c₂, W^NF4) + X·L₁·L₂·s: the base is frozen in 4-bit NormalFloat with
 double-quantized absmax constants, gradients flow through the de-quantized weight into LoRA adapters
 on every linear layer, computed in bf16.
 

@@ -2,8 +2,8 @@
 Quantization" (Kim, Lee, Kim, Park, Yoo, Kwon, Lee; arXiv 2305.14152, NeurIPS 2023); record `peqa`.
 
 Each linear is quantized once into an integer matrix and scales, Ŵ = s₀·(W̄ − z₀) with
-W̄ = clamp(⌊W₀/s₀⌉ + z₀, 0, 2^b − 1) (eq. 1, round-to-nearest start); fine-tuning then updates only the
-scales, Ŵ = (s₀ + Δs)·(W̄ − z₀) (eq. 2): W̄ and z₀ never change, so the model stays quantized throughout
+W̄ = clamp(⌊W₀/s₀⌉ + z₀, 0, 2^b − 1) (round-to-nearest start); fine-tuning then updates only the
+scales, Ŵ = (s₀ + Δs)·(W̄ − z₀): W̄ and z₀ never change, so the model stays quantized throughout
 and a task is a vector of scales. Training Δs is the same as training s = s₀ + Δs from s₀ (AdamW).
 
 Implemented (fidelity: exact for the method): RTN integer codes (asymmetric min-max, the GPTQ grid of
@@ -35,13 +35,13 @@ from reference_impls.common.training import causal_lm_loss
 )
 def run_peqa(ctx, *, bits, group_size, max_steps, time_budget, lr) -> dict:
     check_recovery(bits=bits, max_steps=max_steps, time_budget=time_budget, lr=lr)
-    linears = quantize_model(ctx, bits=bits, group_size=group_size)  # W̄, s₀, z₀ (eq. 1)
+    linears = quantize_model(ctx, bits=bits, group_size=group_size)  # W̄, s₀, z₀
     before = ctx.heldout_perplexity()
     model = ctx.model
     model.requires_grad_(False)
     scales = [m.scale for m in linears.values()]
     for s in scales:
-        s.requires_grad_(True)  # eq. 2: s₀ + Δs is the only thing that trains
+        s.requires_grad_(True)  # s₀ + Δs is the only thing that trains
     model.train()
     result = recover(ctx, scales, causal_lm_loss(model), max_steps=max_steps, time_budget=time_budget, lr=lr)
     model.eval()
