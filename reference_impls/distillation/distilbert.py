@@ -38,7 +38,7 @@ def cosine_loss(h_s, h_t, mask):
              "temperature": Option(2.0, "temperature of the soft-target loss"),
              "alpha_ce": Option(5.0, "weight of the soft-target loss"),
              "alpha_cos": Option(1.0, "weight of the cosine embedding loss")},
-    bench=[{}], bench_models=("encoder",),
+    bench=[{"max_steps": 60}], bench_models=("encoder",),
 )
 def run_distilbert(ctx, *, temperature: float, alpha_ce: float, alpha_cos: float, **opts) -> dict:
     _encoder.check_options(**opts)

@@ -67,7 +67,7 @@ class AdaptiveSGO:
              "capacity": Option(1000, "replay buffer size (sequences)"),
              "eval_interval": Option(10, "steps between validation-loss checks"),
              "gen_tokens": Option(32, "tokens the student generates after each prompt")},
-    bench=[{}], bench_models=("causal",),
+    bench=[{"max_steps": 50}], bench_models=("causal",),
 )
 def run_distillm(ctx, *, loss: str, skew_alpha: float, init_threshold: float, loss_eps: float, capacity: int,
                  eval_interval: int, gen_tokens: int, **opts) -> dict:

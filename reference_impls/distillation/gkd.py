@@ -32,7 +32,7 @@ from reference_impls.distillation.losses import generalized_jsd
              "beta": Option(0.5, "β of the generalized JSD (0: KL(p_T‖p_S), 1: KL(p_S‖p_T))"),
              "gen_tokens": Option(32, "tokens the student generates after each prompt"),
              "sample_temperature": Option(1.0, "temperature of the student's sampling")},
-    bench=[{}], bench_models=("causal",),
+    bench=[{"max_steps": 50}], bench_models=("causal",),
 )
 def run_gkd(ctx, *, lmbda: float, beta: float, gen_tokens: int, sample_temperature: float, **opts) -> dict:
     _causal.check_options(**opts)

@@ -62,7 +62,7 @@ def minillm_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tokens: torch.T
              "lm_coef": Option(1.0, "weight of the language-modelling loss on the fixed window (L_PT)"),
              "single_step": Option(True, "add the exact single-step (token-level reverse KL) term"),
              "gen_tokens": Option(32, "tokens sampled after each prompt")},
-    bench=[{"max_steps": 40}], bench_models=("causal",),  # a rollout per step: 40 fit the CPU budget
+    bench=[{"max_steps": 20}], bench_models=("causal",),  # a rollout per step: 20 fit the CPU budget
 )
 def run_minillm(ctx, *, teacher_mix: float, lm_coef: float, single_step: bool, gen_tokens: int,
                 **opts) -> dict:

@@ -50,7 +50,7 @@ def teacher_outputs(teacher, windows: torch.Tensor, *, gen_tokens: int, decoding
              "num_beams": Option(5, "beam width (the paper's 5)"),
              "gen_tokens": Option(32, "tokens the teacher generates after each prefix"),
              "pool": Option(128, "training windows the teacher decodes (cycled over the steps)")},
-    bench=[{}], bench_models=("causal",),
+    bench=[{"max_steps": 50, "pool": 64}], bench_models=("causal",),
 )
 def run_seqkd(ctx, *, decoding: str, num_beams: int, gen_tokens: int, pool: int, **opts) -> dict:
     _causal.check_options(**opts)

@@ -47,7 +47,7 @@ def tinybert_loss(s, t, mask, g: list[int]):
     "tinybert", family="distillation", papers=["tinybert"], fidelity="simplified",
     summary="TinyBERT general distillation: embedding, attention and hidden-state MSE over a layer map",
     options=dict(_encoder.ENCODER_OPTIONS),
-    bench=[{}], bench_models=("encoder",),
+    bench=[{"max_steps": 60}], bench_models=("encoder",),
 )
 def run_tinybert(ctx, **opts) -> dict:
     _encoder.check_options(**opts)
