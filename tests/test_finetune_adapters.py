@@ -36,8 +36,12 @@ def test_adapters_train_on_a_frozen_quantized_base(run):
     assert metrics["trainable_params"] == adapters
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     assert ctx.heldout_perplexity() < metrics["perplexity_before"]
-    # 2-bit codes + 16-bit scale + 2-bit zero per 16 inputs, plus the 16-bit adapters
-    assert ctx.ledger.bits_per_weight() == pytest.approx(2 + 18 / 16 + 16 * adapters / n_weights)
+    # 2-bit codes + 16-bit scale + 2-bit zero per 16 inputs, plus the 16-bit adapters, over all stored values
+    assert ctx.ledger.bits_per_weight() == pytest.approx(((2 + 18 / 16) * n_weights + 16 * adapters)
+                                                         / (n_weights + adapters))
+    params = sum(p.numel() for p in ctx.model.parameters())
+    assert ctx.ledger.model_bits(params) == pytest.approx(  # every parameter counted once
+        (2 + 18 / 16) * n_weights + 16 * adapters + 16 * (params - n_weights - adapters))
 
 
 def test_dora_magnitude_starts_at_the_quantized_row_norms():
@@ -75,3 +79,16 @@ def test_bad_options_fail_before_any_work():
         run_lora(ctx, bits=1, group_size=16, max_steps=2, time_budget=0, lr=1e-3, rank=2)
     with pytest.raises(ValueError, match="--rank"):
         run_dora(ctx, bits=3, group_size=16, max_steps=2, time_budget=0, lr=1e-3, rank=0)
+
+
+def test_domain_shift_files_are_unseen_and_disjoint():
+    from reference_impls.common import corpus
+    from reference_impls.common.qat import stdlib_test_files
+
+    adapt, held = stdlib_test_files()
+    assert adapt and held and not set(adapt) & set(held)
+    seen = {f.path for f in corpus.stdlib_files()}  # everything the LM's split is drawn from
+    assert not (set(adapt) | set(held)) & seen
+    assert all(p.parent.name == "test" and p.name.startswith("test_") for p in adapt + held)
+    with pytest.raises(ValueError, match="--data"):
+        run_lora(tiny_ctx(), bits=3, group_size=16, max_steps=2, time_budget=0, lr=1e-3, rank=2, data="web")

@@ -19,7 +19,9 @@ def test_qlora_base_stays_nf4_bit_for_bit():
     n_weights = adapters = 0
     for name, module in block_linears(ctx.model, ctx.adapter):
         base = module.base_layer
-        assert isinstance(base, NF4Linear) and not list(base.parameters())  # no float weight to train
+        assert isinstance(base, NF4Linear)
+        assert [p.dtype for p in base.parameters()] == [torch.uint8]  # only the codes: no float weight
+        assert not base.codes.requires_grad
         e = expected[name]
         assert torch.equal(base.codes, e.codes) and base.codes.dtype == torch.uint8
         assert torch.equal(base.absmax_codes, e.absmax_codes)
@@ -34,6 +36,8 @@ def test_qlora_base_stays_nf4_bit_for_bit():
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     assert ctx.heldout_perplexity() < metrics["perplexity_before"]
     assert ctx.ledger.bits_per_weight() > 4.1
+    params = sum(p.numel() for p in ctx.model.parameters())  # the codes count as the weights they are
+    assert ctx.ledger.model_bits(params) >= 4 * n_weights + 16 * (params - n_weights)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

@@ -158,9 +158,10 @@ def nf4_bits_per_weight(
 
 
 class NF4Linear(torch.nn.Linear):
-    """A frozen Linear whose weight is stored as NF4 (+ double quantization): uint8 codes and the
-    quantized absmax constants are buffers; `weight` is decoded from them at every call, so nothing
-    can train it. A `torch.nn.Linear` subclass so that `peft` wraps it like any Linear (QLoRA)."""
+    """A frozen Linear whose weight is stored as NF4 (+ double quantization): uint8 codes (a parameter
+    that cannot require grad, so parameter counts see the weights) and the quantized absmax constants
+    (buffers); `weight` is decoded from them at every call, so nothing can train it. A
+    `torch.nn.Linear` subclass so that `peft` wraps it like any Linear (QLoRA)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_size: int = 64,
                  double_quant: bool = True, dq_block_size: int = 256):
@@ -169,7 +170,7 @@ class NF4Linear(torch.nn.Linear):
         s = nf4_encode(weight, block_size=block_size, double_quant=double_quant, dq_block_size=dq_block_size)
         self.shape, self.block_size, self.dq_block_size = s.shape, block_size, dq_block_size
         self.absmax_mean = s.absmax_mean
-        self.register_buffer("codes", s.codes)  # (out·in,) uint8
+        self.codes = torch.nn.Parameter(s.codes, requires_grad=False)  # (out·in,) uint8: counted as weights
         self.register_buffer("absmax", s.absmax)  # None with double quantization
         self.register_buffer("absmax_codes", s.absmax_codes)
         self.register_buffer("absmax_scale", s.absmax_scale)

@@ -8,7 +8,7 @@
   `minmax_grid`, `quantize_codes`, `dequantize`, and `fake_quantize_ste`, whose gradient is the
   identity inside the clip range and zero outside (the clamp's own gradient).
 - `GridQuantizer`: the weight quantizer a `FakeQuantLinear` calls during QAT (grid parameters frozen
-  or trainable); `QuantLinear`: integer codes (a uint8 buffer) with per-group scale and zero, the
+  or trainable); `QuantLinear`: integer codes (a frozen uint8 parameter) with per-group scale and zero, the
   layer a deployment stores (PEQA and EfficientQAT train its scales; QA-LoRA merges into its zeros).
 - The recovery protocol every method of `qat/` and `finetuning/` follows: the same options
   (`--bits`, `--group-size`, `--max-steps`, `--time-budget`, `--lr`), the same data (the calibration
@@ -109,14 +109,15 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
 
 
 class QuantLinear(nn.Module):
-    """y = x·(s·(q − z))ᵀ + b with integer codes q (uint8 buffer, never a parameter) and per-group
-    scale s and zero z; `weight` is the de-quantized matrix (for code that reads weights)."""
+    """y = x·(s·(q − z))ᵀ + b with integer codes q (a uint8 parameter that cannot require grad: parameter
+    counts and checkpoints see it, as FakeQuantLinear's weight) and per-group scale s and zero z;
+    `weight` is the de-quantized matrix (for code that reads weights)."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                  bias: torch.Tensor | None, *, bits: int):
         super().__init__()
         self.bits = bits
-        self.register_buffer("codes", codes.to(torch.uint8))  # (out, in)
+        self.codes = nn.Parameter(codes.to(torch.uint8), requires_grad=False)  # (out, in)
         self.scale = nn.Parameter(_as_float(scale), requires_grad=False)  # (out, G)
         self.zero = nn.Parameter(_as_float(zero), requires_grad=False)  # (out, G)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -216,6 +217,37 @@ def recovery_metrics(*, perplexity_before: float, result: TrainResult, trainable
     return out
 
 
+# ---------------------------------------------------------------- a domain shift
+DATA = ("calibration", "stdlib-tests")
+
+
+def stdlib_test_files(every: int = 12) -> tuple[list, list]:
+    """The standard library's own test suite (`test/test_*.py`), which the project's corpus leaves out
+    (so the LM never saw it): a domain shift from library code to tests. Every `every`-th file sorted
+    by name; even positions for adaptation, odd ones for evaluation (never the same file)."""
+    from reference_impls.common import corpus
+
+    files = sorted((corpus.stdlib_dir() / "test").glob("test_*.py"))[::every]
+    return files[0::2], files[1::2]
+
+
+def stdlib_test_windows(loaded, *, n_train: int = 128, n_eval: int = 64, seed: int = 0):
+    """(adaptation batches of 8 random windows, evaluation windows (n, seq)) from `stdlib_test_files`."""
+    from reference_impls.common import corpus, data
+
+    seq = data.sequence_length(loaded)
+
+    def windows(paths):
+        stream = data.token_stream(loaded.tokenizer, [corpus.read_text(p) for p in paths])
+        n = stream.numel() // seq
+        return stream[: n * seq].view(n, seq)
+
+    adapt_files, eval_files = stdlib_test_files()
+    adapt, held = windows(adapt_files), windows(eval_files)
+    pick = torch.randperm(adapt.shape[0], generator=torch.Generator().manual_seed(seed))[:n_train]
+    return [{"input_ids": adapt[pick[i : i + 8]]} for i in range(0, len(pick), 8)], held[:n_eval]
+
+
 # ---------------------------------------------------------------- adapters on a quantized base
 def rtn_base(ctx, *, bits: int, group_size: int) -> None:
     """Quantize every block linear in place (RTN, stored de-quantized in a plain Linear, frozen by the
@@ -232,9 +264,10 @@ def rtn_base(ctx, *, bits: int, group_size: int) -> None:
 
 
 def record_adapters(ctx, model: nn.Module, *, bits: int = 16) -> int:
-    """Add each trainable (adapter) parameter, at `bits` per value, to the ledger entry of the block
-    linear it belongs to (so bits per weight = base + adapters, per base weight); returns the count.
-    A base left unquantized counts at 16 bits."""
+    """One ledger entry `<linear>.adapters` per adapted block linear: its trainable (adapter)
+    parameters at `bits` each (so `bits_per_weight` spreads base + adapters over all stored values, and
+    `model_bits_per_param` counts every parameter once); a base left unquantized gets a 16-bit entry.
+    Returns the number of adapter parameters."""
     from reference_impls.common.layerwise import block_linears
 
     extra: dict[str, int] = {}
@@ -246,28 +279,41 @@ def record_adapters(ctx, model: nn.Module, *, bits: int = 16) -> int:
                 raise ValueError(f"trainable parameter {pname} belongs to no block linear")
             extra[owner] = extra.get(owner, 0) + p.numel()
     for name, module in block_linears(model, ctx.adapter):
-        n_weights, base_bits = ctx.ledger.layers.get(name) or (0, 0)
-        if not n_weights:
+        if name not in ctx.ledger.layers:
             w = getattr(module, "base_layer", module).weight
-            n_weights, base_bits = w.numel(), 16 * w.numel()
-        ctx.ledger.add(name, n_weights, base_bits + bits * extra.get(name, 0))
+            ctx.ledger.add(name, w.numel(), 16 * w.numel())
+        if extra.get(name):
+            ctx.ledger.add(f"{name}.adapters", extra[name], bits * extra[name])
     return sum(extra.values())
 
 
 def train_adapters(ctx, model: nn.Module, *, before: float, bits: int, max_steps: int, time_budget: float,
-                   lr: float, loss_fn=None, extra: dict | None = None, after=None) -> dict:
+                   lr: float, loss_fn=None, extra: dict | None = None, after=None,
+                   data: str = "calibration") -> dict:
     """Train the parameters of `model` that require grad (the adapters) with the next-token loss,
     leave the adapters on (unmerged) for evaluation, record their storage; the result figures.
-    `after(result)` runs once training stops, gradients of the last step still in place."""
+    `after(result)` runs once training stops, gradients of the last step still in place.
+    `data="stdlib-tests"` adapts to the standard library's tests instead of the calibration windows and
+    adds `perplexity_domain_before` / `perplexity_domain` on held-out test files (the runner's
+    `perplexity` on library code then shows what the shift cost there)."""
+    from reference_impls.common import evaluate
     from reference_impls.common.training import causal_lm_loss
 
+    if data not in DATA:
+        raise ValueError(f"--data must be one of {', '.join(DATA)}, got {data!r}")
+    batches, domain, extra = None, None, dict(extra or {})
+    if data == "stdlib-tests":
+        batches, domain = stdlib_test_windows(ctx.loaded, seed=ctx.seed)
+        extra.update(data=data, perplexity_domain_before=evaluate.perplexity(ctx.model, domain))
     params = trainable(model.parameters())
     model.train()
     result = recover(ctx, params, loss_fn or causal_lm_loss(model), max_steps=max_steps,
-                     time_budget=time_budget, lr=lr)
+                     time_budget=time_budget, lr=lr, batches=batches)
     if after is not None:
         after(result)
     model.eval()
+    if domain is not None:
+        extra["perplexity_domain"] = evaluate.perplexity(ctx.model, domain)
     n = record_adapters(ctx, ctx.model)
     for p in params:
         p.requires_grad_(False)

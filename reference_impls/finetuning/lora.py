@@ -17,6 +17,7 @@ Not implemented: the paper's GPT-2/GPT-3/RoBERTa tasks — here held-out perplex
 from __future__ import annotations
 
 from reference_impls.common.qat import (
+    DATA,
     RECOVERY_BENCH,
     check_recovery,
     recovery_options,
@@ -28,20 +29,25 @@ from reference_impls.common.training import add_lora
 
 OPTIONS = {**recovery_options(lr=1e-3), "rank": Option(8, "adapter rank r")}
 OPTIONS["bits"] = Option(3, "base weight bits (2-8; 16: unquantized base)")
+OPTIONS["data"] = Option("calibration", "training text: the calibration windows, or the standard library's "
+                         "tests (a domain shift; reports perplexity_domain)", choices=DATA)
 
 
 @register(
     "lora", family="finetuning", papers=["lora"], fidelity="exact",
     summary="peft LoRA adapters on the RTN-quantized (or full-precision) model",
     # bits 16: the same adapters on the unquantized model, to separate recovery from plain finetuning
-    options=OPTIONS, bench=[*RECOVERY_BENCH, {"bits": 16}], bench_models=("causal",),
+    options=OPTIONS, bench=[*RECOVERY_BENCH, {"bits": 16}, {"bits": 3, "data": "stdlib-tests"}],
+    bench_models=("causal",),
 )
-def run_lora(ctx, *, bits, group_size, max_steps, time_budget, lr, rank) -> dict:
+def run_lora(ctx, *, bits, group_size, max_steps, time_budget, lr, rank, data="calibration") -> dict:
     check_recovery(bits=bits, max_steps=max_steps, time_budget=time_budget, lr=lr, allow_16=True)
     if rank < 1:
         raise ValueError(f"--rank must be at least 1, got {rank}")
+    if data not in DATA:
+        raise ValueError(f"--data must be one of {', '.join(DATA)}, got {data!r}")
     rtn_base(ctx, bits=bits, group_size=group_size)
     before = ctx.heldout_perplexity()
     model = add_lora(ctx.model, rank=rank)  # injects into ctx.model in place
     return train_adapters(ctx, model, before=before, bits=bits, max_steps=max_steps, time_budget=time_budget,
-                          lr=lr, extra={"rank": rank})
+                          lr=lr, extra={"rank": rank}, data=data)

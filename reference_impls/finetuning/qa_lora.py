@@ -95,4 +95,5 @@ def run_qa_lora(ctx, *, bits, group_size, max_steps, time_budget, lr, rank) -> d
     new = swap_model_linears(ctx.model, ctx.adapter, lambda _n, _w, old: old.merge())
     for name, m in new.items():  # b-bit codes, 16-bit scale and (fractional) 16-bit zero per group
         ctx.ledger.add(name, m.codes.numel(), bits * m.codes.numel() + 2 * SCALE_BITS * m.scale.numel())
+        ctx.ledger.layers.pop(f"{name}.adapters", None)  # merged: no adapter is stored any more
     return metrics
