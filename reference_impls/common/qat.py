@@ -165,7 +165,7 @@ def qat_linears(ctx, *, bits: int, group_size: int, sym: bool = False, train_gri
 
 
 # ---------------------------------------------------------------- the recovery protocol
-def recovery_options(*, lr: float, max_steps: int = 100, time_budget: float = 180.0, bits: int = 3,
+def recovery_options(*, lr: float, max_steps: int = 100, time_budget: float = 120.0, bits: int = 3,
                      group_size: int = 128) -> dict[str, Option]:
     return {
         "bits": Option(bits, "weight bits (2-8)"),
