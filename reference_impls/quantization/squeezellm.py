@@ -139,8 +139,7 @@ def fisher_diagonal(model, batches) -> dict[str, torch.Tensor]:
         "sensitive_ratio": Option(0.0, "fraction of weights kept sparse by Fisher value (paper: 0.0005)"),
         "iters": Option(50, "k-means iterations"),
     },
-    bench=[{"bits": b, **s} for b in (2, 3)
-           for s in ({}, {"outlier_ratio": 0.004, "sensitive_ratio": 0.0005})],
+    bench=[{"bits": b, "outlier_ratio": 0.004, "sensitive_ratio": 0.0005} for b in (2, 3)],
     bench_models=("causal",),
 )
 def run_squeezellm(ctx, *, bits, outlier_ratio, sensitive_ratio, iters) -> dict:
