@@ -37,3 +37,17 @@ def test_hessian_accumulation_is_the_gemm_plus_little():
 def test_llmcompressor_status_says_why():
     status = perf_bench.llmcompressor_status()
     assert status["ran"] is False and len(status["why"]) > 20
+
+
+def test_cli_sets_a_passive_openmp_wait_unless_the_environment_says_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, catalog.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
