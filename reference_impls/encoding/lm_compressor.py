@@ -122,7 +122,7 @@ def run_lm_compressor(ctx, *, n_bytes: int, verify: bool) -> dict:
     coded_bits = words.size * 32 + HEADER_BITS
     metrics = {"bits_per_byte": coded_bits / len(data), "cross_entropy_bits_per_byte": ce_bits / len(data),
                "coded_bits": coded_bits, "cross_entropy_bits": ce_bits, "n_bytes": len(data),
-               "n_tokens": len(tokens), "bytes_per_token": len(data) / len(tokens),
+               "n_tokens": len(tokens), "text_bytes_per_token": len(data) / len(tokens),
                "adjusted_bits_per_byte": (coded_bits + ctx.ledger.model_bits(
                    sum(p.numel() for p in ctx.model.parameters()))) / len(data),
                **baseline_bits_per_byte(data)}
