@@ -47,8 +47,8 @@ def _module_exists(name: str) -> bool:
 METHOD_THEMES = ("quantization", "pruning", "distillation", "low-rank", "memory", "prompt", "finetuning",
                  "encoding")
 REPORT_THEMES = ("compression", "benchmarks", "open-source-models")
-# Whether a method-theme record without `impl` is an error (True) or counted as a warning (False).
-REQUIRE_IMPL = False
+# Whether a method-theme record without `impl` fails `atlas validate` (True) or is counted in a warning.
+REQUIRE_IMPL = True
 _REGISTER_CALL = re.compile(r"""\bregister\(\s*["']([a-z0-9][a-z0-9.+-]*)["']""")
 
 
