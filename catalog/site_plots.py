@@ -150,9 +150,22 @@ def _fp_ref(runs: list[Run], key: str = "perplexity_fp") -> tuple[tuple[float, s
     return ((values[0], "uncompressed"),) if values else ()
 
 
+def _same_model(runs: list[Run]) -> list[Run]:
+    """The runs whose uncompressed reference is the shared causal LM's (the most common perplexity_fp):
+    a run on another model (BitNet trained from scratch at its own size) is not on the same axis."""
+    refs = [round(r.metrics["perplexity_fp"], 3) for r in runs
+            if isinstance(r.metrics.get("perplexity_fp"), float)]
+    if not refs:
+        return runs
+    common = max(set(refs), key=refs.count)
+    return [r for r in runs if not isinstance(r.metrics.get("perplexity_fp"), float)
+            or abs(r.metrics["perplexity_fp"] - common) <= 0.01 * common]
+
+
 def _plot_weights(runs, known, *, families, slug, color_by_family=False):
-    chosen = [r for r in runs if r.model == "causal" and r.family in families and r.perplexity is not None
-              and r.bits_per_weight is not None and r.bits_per_weight < 16]
+    chosen = _same_model([r for r in runs if r.model == "causal" and r.family in families
+                          and r.perplexity is not None and r.bits_per_weight is not None
+                          and r.bits_per_weight < 16])
     points = [_point(r, r.bits_per_weight, r.perplexity, known, series=r.family if color_by_family else None,
                      marker=_pruning_marker(r) if r.family == "pruning" else "o") for r in chosen]
     return points, dict(xlabel="true bits per weight (scales, zeros, masks, indices included)",
@@ -160,8 +173,8 @@ def _plot_weights(runs, known, *, families, slug, color_by_family=False):
 
 
 def _plot_size(runs, known, *, families):
-    chosen = [r for r in runs if r.model == "causal" and r.family in families and r.perplexity is not None
-              and r.size_mb is not None]
+    chosen = _same_model([r for r in runs if r.model == "causal" and r.family in families
+                          and r.perplexity is not None and r.size_mb is not None])
     points = [_point(r, r.size_mb, r.perplexity, known) for r in chosen]
     return points, dict(xlabel="stored weights (MB)", ylabel="held-out perplexity (causal LM)",
                         refs=_fp_ref(chosen))
@@ -219,7 +232,8 @@ PlotSpec = tuple[str, str, str, Callable]  # slug, title, caption, builder
 def plot_specs(runs: list[Run]) -> list[PlotSpec]:
     specs: list[PlotSpec] = [
         ("pareto-bits", "Bits per weight vs perplexity, all weight compression",
-         "Causal LM, every weight-compressing run, coloured by family; dashed: the uncompressed model.",
+         "Causal LM, every weight-compressing run, coloured by family; dashed: the uncompressed model. "
+         "Runs on another model (BitNet trained from scratch) are in the table only.",
          lambda rs, k, slug: _plot_weights(rs, k, families=WEIGHT_FAMILIES, slug=slug, color_by_family=True)),
         ("pareto-quant", "Quantization: bits per weight vs perplexity",
          "Causal LM; integer and floating-point formats by method.",

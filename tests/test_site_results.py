@@ -245,3 +245,13 @@ def test_setting_names_budget_options_and_drops_off_values():
     nm = Run(method="wanda", family="pruning", model="causal", metrics={},
              options={"sparsity": 0.5, "prune_n": 2, "prune_m": 4})
     assert nm.setting() == "sparsity=0.5, prune_n=2, prune_m=4" and nm.budget()[-1] == ("n:m", "2:4")
+
+
+def test_weight_plots_keep_runs_of_the_shared_model(results_dir):
+    from catalog.site_plots import _plot_weights
+
+    runs = load_runs(results_dir, FAMILIES)
+    other = Run(method="bitnet", family="quantization", model="causal", options={}, bits_per_weight=1.6,
+                metrics={"perplexity": 1025.0, "perplexity_fp": 998.0})  # a model trained from scratch
+    points, _ = _plot_weights([*runs, other], set(), families=("quantization",), slug="t")
+    assert points and not any(p.label == "bitnet" for p in points)
