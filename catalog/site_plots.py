@@ -78,6 +78,11 @@ def scatter_svg(slug: str, points: list[Point], *, xlabel: str, ylabel: str, min
     matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9})
     import matplotlib.pyplot as plt
 
+    # a run far worse than the uncompressed model (a broken ablation, a model trained from scratch) would
+    # squash every other point into one line: it is left out here, counted on the plot, shown in the table
+    clip = 4 * refs[0][0] if refs and min_y and refs[0][0] > 0 else None
+    hidden = [p for p in points if clip is not None and p.y > clip]
+    points = [p for p in points if p not in hidden]
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     series = sorted({p.series for p in points})
     colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
@@ -104,6 +109,9 @@ def scatter_svg(slug: str, points: list[Point], *, xlabel: str, ylabel: str, min
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, color="0.9", zorder=0)
+    if hidden:
+        ax.annotate(f"{len(hidden)} run(s) above {clip:.0f} not shown (see the table)", (0.01, 0.98),
+                    xycoords="axes fraction", va="top", fontsize=7, color="0.4")
     _label_front(ax, front)  # after the axes' scales are final: it measures label gaps in pixels
     handles = [plt.Line2D([], [], ls="", marker="o", color=color_of[s], label=s) for s in series]
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
@@ -232,8 +240,7 @@ PlotSpec = tuple[str, str, str, Callable]  # slug, title, caption, builder
 def plot_specs(runs: list[Run]) -> list[PlotSpec]:
     specs: list[PlotSpec] = [
         ("pareto-bits", "Bits per weight vs perplexity, all weight compression",
-         "Causal LM, every weight-compressing run, coloured by family; dashed: the uncompressed model. "
-         "Runs on another model (BitNet trained from scratch) are in the table only.",
+         "Causal LM, every weight-compressing run, coloured by family; dashed: the uncompressed model.",
          lambda rs, k, slug: _plot_weights(rs, k, families=WEIGHT_FAMILIES, slug=slug, color_by_family=True)),
         ("pareto-quant", "Quantization: bits per weight vs perplexity",
          "Causal LM; integer and floating-point formats by method.",

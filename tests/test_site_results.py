@@ -255,3 +255,11 @@ def test_weight_plots_keep_runs_of_the_shared_model(results_dir):
                 metrics={"perplexity": 1025.0, "perplexity_fp": 998.0})  # a model trained from scratch
     points, _ = _plot_weights([*runs, other], set(), families=("quantization",), slug="t")
     assert points and not any(p.label == "bitnet" for p in points)
+
+
+def test_far_outliers_are_counted_not_drawn():
+    pts = [Point(3.0, 50.0, "a", "a", "a"), Point(4.0, 46.0, "b", "b", "b"),
+           Point(2.0, 64807.0, "c", "c", "c")]
+    svg = scatter_svg("o", pts, xlabel="x", ylabel="y", refs=((45.0, "uncompressed"),))
+    assert "<title>c</title>" not in svg and "<title>a</title>" in svg
+    assert "1 run(s) above 180 not shown" in svg
