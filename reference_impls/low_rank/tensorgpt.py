@@ -56,7 +56,7 @@ def tensorgpt_compress(embedding: torch.Tensor, *, shape: tuple[int, ...],
     options={"rank": Option(4, "maximum TT rank of every bond"),
              "order": Option(3, "number of factors the embedding size is reshaped into"),
              "shape": Option("", "explicit reshaping, e.g. 4,8,8 (overrides --order)")},
-    bench=[{"order": o, "rank": r} for o, r in ((2, 8), (3, 2), (3, 4), (4, 4))],
+    bench=[{"order": o, "rank": r} for o, r in ((2, 4), (2, 8), (3, 2), (3, 4), (3, 8), (4, 4))],
 )
 def run_tensorgpt(ctx, *, rank: int, order: int, shape: str) -> dict:
     if rank < 1:
