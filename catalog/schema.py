@@ -150,6 +150,9 @@ class Record(BaseModel):
     summary: Summary
     impl: Impl | None = None
     related: list[RecordId] = Field(default_factory=list)
+    # Where the facts were checked: paper body (arXiv HTML/PDF, proceedings page), official code README.
+    # Shown on the paper page as "Sources"; quotes per claim live in evidence/<id>.yaml.
+    sources: list[Annotated[HttpUrl, BeforeValidator(_link)]] = Field(default_factory=list)
     added: dt.date | None = None
 
     @field_validator("id")

@@ -36,6 +36,7 @@ class SiteData:
     impls: dict[str, dict] = field(default_factory=dict)  # module -> {"name", "options", ...}
     results: dict[str, list[dict]] = field(default_factory=dict)  # method name -> result records
     runs: list = field(default_factory=list)  # every run of results/*.json as catalog.results.Run
+    evidence: dict = field(default_factory=dict)  # id -> evidence/<id>.yaml as a dict (catalog.evidence)
     plots: list | None = None  # (title, caption, svg) of the Results page; None: drawn when the page is
 
     def __post_init__(self):
@@ -95,13 +96,28 @@ def paper_page(r: Record, data: SiteData, bibtex: str) -> str:
     if similar:
         lines += ["## Similar papers", "", "<small>Nearest neighbours by the atlas search engine.</small>",
                   "", *[paper_item(x, "") for x in similar], ""]
+    lines += sources_section(r, data.evidence.get(r.id))
     lines += ["## Cite", "", *code_block(bibtex.strip(), "bibtex"), ""]
     return "\n".join(lines)
 
 
+def sources_section(r: Record, evidence: dict | None) -> list[str]:
+    """The URLs the record's facts were checked against, and the quoted sentence behind each claim."""
+    if not r.sources:
+        return []
+    lines = ["## Sources", "", "<small>What this record's facts were checked against.</small>", ""]
+    lines += [f"- <{u}>" for u in r.sources]
+    claims = [c for check in (evidence or {}).get("checks", []) for c in check.get("claims", [])]
+    if claims:
+        lines += ["", f'??? quote "Supporting sentences ({len(claims)} claims)"', ""]
+        for c in claims:
+            lines += [f"    - **{md(c['claim'])}** — “{md(c['quote'])}” ({md(c['source'])})"]
+    return lines + [""]
+
+
 def implementation_section(r: Record, data: SiteData) -> list[str]:
     if r.impl is not None and r.impl.covers:
-        names = ", ".join(f"`{md(n)}`" for n in r.impl.covers)
+        names = ", ".join(f"`{n}`" for n in r.impl.covers)  # code spans show text literally: no md()
         note = f" {md(r.impl.note)}" if r.impl.note else ""
         return ["## Reference implementations of what it covers", "",
                 f"Runnable methods: {names} ([Implementations](../implementations.md), "

@@ -159,7 +159,8 @@ def method_families(cache_dir: Path) -> dict[str, str]:
     return {name: module.split(".")[1] for module, info in index.items() for name in info.get("names", [])}
 
 
-def site_data(records: list[Record], root: Path) -> SiteData:
+def site_data(records: list[Record], root: Path, papers: Path | None = None) -> SiteData:
+    from catalog.evidence import load_evidence
     from catalog.results import load_runs
     from catalog.site_plots import cached_plots
 
@@ -167,5 +168,7 @@ def site_data(records: list[Record], root: Path) -> SiteData:
     similar = {} if os.environ.get("ATLAS_SITE_NO_SIMILAR") else similar_papers(records, cache_dir)
     runs = load_runs(root / "results", method_families(cache_dir))
     plots = cached_plots(runs, {r.id for r in records}, cache_dir) if runs else []
+    evidence, _ = load_evidence(papers or root / "papers")  # errors are validate's to report
     return SiteData(records=records, similar=similar, impls=implementations(records, cache_dir),
-                    results=load_results(root / "results"), runs=runs, plots=plots)
+                    results=load_results(root / "results"), runs=runs, plots=plots,
+                    evidence={k: v.model_dump(mode="json") for k, v in evidence.items()})

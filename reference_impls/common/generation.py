@@ -227,8 +227,13 @@ def _fit_mask(mask: torch.Tensor, k_len: int) -> torch.Tensor:
     return nn.functional.pad(mask[..., -q:], (k_len - q, 0), value=0.0)
 
 
-def _eager_with_policy(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention (softmax weights materialised) that hands the weights to the active policy."""
+def _eager_with_policy(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Eager attention (softmax weights materialised) that hands the weights to the active policy.
+
+    The parameter order is transformers' own (`sdpa_attention_forward`): wrappers such as kvpress's
+    attention patch pass `dropout` positionally."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(groups, dim=1)  # (batch, heads, k_len, d)
     v = value.repeat_interleave(groups, dim=1)

@@ -73,12 +73,13 @@ def online_hessian(H: torch.Tensor) -> torch.Tensor:
     return hadamard_transform(hadamard_transform(H).t())  # rows: (H H̃)ᵀ H̃ = H̃ᵀ H H̃
 
 
-def _kv_quant_attention(module, query, key, value, attention_mask, **kwargs):
+def _kv_quant_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    # *args: wrappers such as kvpress's attention patch pass `dropout` positionally
     kv = getattr(module, "quarot_kv", None)  # (bits, clip), set by run_quarot
     if kv is not None:
         key = quantize_kv(key.float(), bits=kv[0], clip=kv[1]).to(key.dtype)
         value = quantize_kv(value.float(), bits=kv[0], clip=kv[1]).to(value.dtype)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
 
 
 AttentionInterface.register(KV_ATTENTION, _kv_quant_attention)

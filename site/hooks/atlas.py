@@ -23,7 +23,7 @@ def on_config(config):
     root = Path(config.config_file_path).parent
     papers = Path(os.environ.get("ATLAS_PAPERS", root / "papers"))
     records = load_records(papers)  # CatalogInvalid stops the build with every error listed
-    _state["data"] = site_data(records, root)
+    _state["data"] = site_data(records, root, papers=papers)
     return config
 
 
