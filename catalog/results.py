@@ -62,6 +62,10 @@ class Run:
         for key, ref, label in QUALITY_METRICS:
             value = _num(self.metrics.get(key))
             if value is not None:
+                if key == "perplexity" and "perplexity_fp_same_steps" in self.metrics:
+                    # a model trained from scratch (BitNet): its uncompressed peer is the same-size FP
+                    # model trained the same steps, not the project's pretrained model
+                    ref = "perplexity_fp_same_steps"
                 reference = _num(self.metrics.get(ref)) if ref else 1.0
                 return label, value, reference
         return "", None, None

@@ -166,8 +166,9 @@ def _same_model(runs: list[Run]) -> list[Run]:
     if not refs:
         return runs
     common = max(set(refs), key=refs.count)
-    return [r for r in runs if not isinstance(r.metrics.get("perplexity_fp"), float)
-            or abs(r.metrics["perplexity_fp"] - common) <= 0.01 * common]
+    return [r for r in runs if "perplexity_fp_same_steps" not in r.metrics
+            and (not isinstance(r.metrics.get("perplexity_fp"), float)
+                 or abs(r.metrics["perplexity_fp"] - common) <= 0.01 * common)]
 
 
 def _plot_weights(runs, known, *, families, slug, color_by_family=False):

@@ -88,6 +88,17 @@ def test_quality_is_the_figure_the_method_changes(results_dir):
     assert runs["awq"].size_mb == pytest.approx(4.156 * 1000 / 8 / 1e6)
 
 
+def test_a_model_trained_from_scratch_is_compared_with_its_own_fp_peer():
+    from catalog.site_plots import _same_model
+
+    metrics = {"perplexity": 1025.5, "perplexity_fp": 45.4, "perplexity_fp_same_steps": 998.3}
+    bitnet = Run(method="bitnet", family="qat", model="causal", options={}, metrics=metrics)
+    rtn = Run(method="rtn", family="quantization", model="causal", options={},
+              metrics={"perplexity": 46.2, "perplexity_fp": 45.4})
+    assert bitnet.quality[1:] == (1025.5, 998.3)  # not the project's pretrained model (45.4)
+    assert _same_model([bitnet, rtn, rtn]) == [rtn, rtn]  # not drawn on the shared model's axes
+
+
 def test_same_budget_pairs_gptq_with_rtn_and_awq_at_4bit_g128(results_dir):
     runs = load_runs(results_dir, FAMILIES)
     g4 = next(r for r in runs if r.method == "gptq" and r.options["bits"] == 4)

@@ -145,10 +145,28 @@ def show(
     out.print(f"tags: {', '.join(r.tags)}", highlight=False)
     for name in ("problem", "method", "results", "limitations"):
         out.print(Text.assemble("\n", (name.capitalize(), "bold"), "\n", getattr(r.summary, name)))
-    if r.runnable:
-        out.print(Text.assemble("\n", ("Implementation", "bold"), f": {r.impl.module} ({r.impl.fidelity})"))
+    _show_impl(out, r)
     if r.related:
         out.print(f"\nrelated: {', '.join(r.related)}", highlight=False)
+    if r.sources:
+        out.print(f"sources: {', '.join(str(u) for u in r.sources)}", highlight=False)
+
+
+def _show_impl(out, r) -> None:
+    """The record's link to code: its module (fidelity, how it differs), what it covers, or why none."""
+    if r.impl is None:
+        return
+    if r.runnable:
+        method = f", method {r.impl.method}" if r.impl.method else ""
+        line = f": {r.impl.module} ({r.impl.fidelity}{method})"
+        out.print(Text.assemble("\n", ("Implementation", "bold"), line))
+        if r.impl.note:
+            out.print(Text(f"how this paper differs: {r.impl.note}"))
+    elif r.impl.covers:
+        covered = ", ".join(r.impl.covers)
+        out.print(Text.assemble("\n", ("Implementations of what it covers", "bold"), f": {covered}"))
+    elif r.impl.none:
+        out.print(Text.assemble("\n", ("Implementation", "bold"), f": none ({r.impl.none})"))
 
 
 @app.command()
