@@ -1,4 +1,4 @@
-"""How much of the catalog links running code, per theme (issue 21 §4).
+"""How much of the catalog links running code, per theme.
 
 Each record falls in one class: `own` (its method, fidelity exact or simplified), `family` (the closest
 method of its family, with a note on how the paper differs), `covers` (a survey, benchmark or model

@@ -43,7 +43,7 @@ def _module_exists(name: str) -> bool:
     return False
 
 
-# DESIGN §1/issue 21 §4: a record of a method theme links running code (its own method or its family's);
+# DESIGN §1: a record of a method theme links running code (its own method or its family's);
 # surveys, benchmarks and model reports link what they cover or say why nothing runs (`impl.none`).
 METHOD_THEMES = ("quantization", "pruning", "distillation", "low-rank", "memory", "prompt", "finetuning",
                  "encoding")
