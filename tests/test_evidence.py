@@ -1,0 +1,60 @@
+"""Evidence side files (evidence/<id>.yaml): quoted claims, listed sources, the abstract-copy check."""
+
+from catalog.evidence import check_evidence, copied_run, load_evidence
+from catalog.load import load_catalog
+from tests.catalog_fixtures import record_text, write_catalog
+
+
+def _setup(tmp_path, evidence: str, *, sources: str = "sources: [https://arxiv.org/abs/2210.17323]\n"):
+    papers = write_catalog(tmp_path / "papers", {"alpha": record_text("alpha", extra=sources)})
+    (tmp_path / "evidence").mkdir()
+    (tmp_path / "evidence" / "alpha.yaml").write_text(evidence, encoding="utf-8")
+    catalog = load_catalog(papers, checks=False)
+    return {r.id: r for r in catalog.records}, papers
+
+
+def _evidence(source="https://arxiv.org/abs/2210.17323", abstract="Something else entirely here."):
+    return (f"id: alpha\nabstract: {abstract}\nchecks:\n  - checker: test\n    date: 2026-12-03\n"
+            f"    claims:\n      - claim: four bits\n        quote: \"keeps perplexity close at 4 bits\"\n"
+            f"        source: {source}\n")
+
+
+def test_copied_run_finds_ten_shared_words_and_no_fewer():
+    text = "one two three four five six seven eight nine ten eleven"
+    ten = "one two three four five six seven eight nine ten"
+    assert copied_run("zero " + text, "x " + text + " y") == ten
+    assert copied_run("one two three four five six seven eight nine", text) is None  # 9 words is allowed
+    assert copied_run("One, two; three four five six seven eight nine ten", text.upper()) is not None
+
+
+def test_clean_evidence_passes_and_loads(tmp_path):
+    records, papers = _setup(tmp_path, _evidence())
+    assert check_evidence(records, papers) == []
+    found, errors = load_evidence(papers)
+    assert errors == [] and found["alpha"].checks[0].claims[0].claim == "four bits"
+
+
+def test_a_quote_from_an_unlisted_source_is_reported(tmp_path):
+    records, papers = _setup(tmp_path, _evidence(source="https://example.org/blog"))
+    (err,) = check_evidence(records, papers)
+    assert err.path.endswith("evidence/alpha.yaml")
+    assert "https://example.org/blog is not in the record's" in str(err)
+
+
+def test_a_summary_copying_the_abstract_is_reported_with_the_field(tmp_path):
+    # the fixture's results sentence shares ten words with this abstract
+    abstract = "the method keeps perplexity close to the full-precision model at four bits, where others fail"
+    records, papers = _setup(tmp_path, _evidence(abstract=abstract))
+    (err,) = check_evidence(records, papers)
+    assert err.field == "summary.results" and "copies 10 words of the abstract" in err.message
+
+
+def test_bad_files_give_one_line_each(tmp_path):
+    records, papers = _setup(tmp_path, "id: alpha\nchecks: [\n")
+    (tmp_path / "evidence" / "ghost.yaml").write_text(_evidence().replace("id: alpha", "id: ghost"))
+    (tmp_path / "evidence" / "beta.yaml").write_text(_evidence())  # id differs from the file name
+    errors = check_evidence(records, papers)
+    text = "\n".join(str(e) for e in errors)
+    assert len(errors) == 3 and "\n" not in str(errors[0])
+    assert "alpha.yaml" in text and "no record papers/ghost.yaml" in text
+    assert "differs from the file name" in text
