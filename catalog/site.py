@@ -109,7 +109,8 @@ def sources_section(r: Record, evidence: dict | None) -> list[str]:
     lines += [f"- <{u}>" for u in r.sources]
     claims = [c for check in (evidence or {}).get("checks", []) for c in check.get("claims", [])]
     if claims:
-        lines += ["", f'??? quote "Supporting sentences ({len(claims)} claims)"', ""]
+        n = f"{len(claims)} claim" + ("s" if len(claims) != 1 else "")
+        lines += ["", f'??? quote "Supporting sentences ({n})"', ""]
         for c in claims:
             lines += [f"    - **{md(c['claim'])}** — “{md(c['quote'])}” ({md(c['source'])})"]
     return lines + [""]

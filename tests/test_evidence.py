@@ -58,3 +58,15 @@ def test_bad_files_give_one_line_each(tmp_path):
     assert len(errors) == 3 and "\n" not in str(errors[0])
     assert "alpha.yaml" in text and "no record papers/ghost.yaml" in text
     assert "differs from the file name" in text
+
+
+def test_paper_page_lists_sources_and_the_quoted_claims(tmp_path):
+    from catalog.site import SiteData, paper_page
+
+    records, papers = _setup(tmp_path, _evidence())
+    found, _ = load_evidence(papers)
+    data = SiteData(records=list(records.values()),
+                    evidence={k: v.model_dump(mode="json") for k, v in found.items()})
+    page = paper_page(records["alpha"], data, "@misc{k, title={x}}")
+    assert "## Sources" in page and "- <https://arxiv.org/abs/2210.17323>" in page
+    assert 'Supporting sentences (1 claim)' in page and "keeps perplexity close at 4 bits" in page
