@@ -13,7 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from catalog.cli_app import app  # noqa: E402
 from catalog.commands import (  # noqa: E402, F401  each module registers its commands on `app`
-    catalog_cmds,  # validate, list, show, export, stats, bench, add, enrich
+    add_enrich_cmds,  # add, enrich
+    catalog_cmds,  # validate, list, show, export, stats, bench
     impl_cmds,  # impls, run
     search_cmds,  # search, similar, index
     site_cmds,  # build, serve
