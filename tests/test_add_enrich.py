@@ -283,6 +283,11 @@ def test_add_handles_several_ids_independently(env):
     assert (papers / "rest.yaml").exists() and (papers / "testing-gaussian-process.yaml").exists()
 
 
+def test_add_id_option_names_one_record(env):
+    result = add(catalog(env), "2507.10541", "1706.00679", "--id", "x")
+    assert result.exit_code == 1 and "--id names one record" in result.stderr
+
+
 @responses.activate
 def test_add_unknown_id_writes_nothing(env):
     responses.add(responses.GET, ARXIV, body=feed("arxiv_id_0000.0000_empty.json"))
@@ -385,6 +390,25 @@ def test_venue_of_the_recorded_openalex_work():
     preprint = {**work, "primary_location": {"source": {"display_name": "arXiv (Cornell University)",
                                                         "type": "repository"}}, "locations": []}
     assert venue_of(preprint) is None
+
+
+def test_duplicate_of_a_published_version_that_openalex_reports():
+    from types import SimpleNamespace as R
+
+    from catalog.enrich import ArxivMeta, _published, duplicate_of
+
+    published = _published(json.loads((FIXTURES / "openalex_work_W2741809807.json").read_text()))
+    assert (published.venue, published.doi) == ("PeerJ 2018", "10.7717/peerj.4375")
+    preprint = ArxivMeta(arxiv="1705.00001", title="The state of OA (preprint title)", authors=["A"],
+                         year=2017, abstract="")
+    by_title = R(id="oa", arxiv=None, title="The State of OA: A large-scale analysis of the prevalence "
+                 "and impact of Open Access articles", url="https://peerj.com/articles/4375", code=None,
+                 sources=[])
+    by_doi = R(id="oa2", arxiv=None, title="Other", url="https://example.org/x", code=None,
+               sources=["https://doi.org/10.7717/PEERJ.4375"])
+    assert "is a version of 'oa'" in duplicate_of([by_title], preprint, published)
+    assert "DOI 10.7717/peerj.4375" in duplicate_of([by_doi], preprint, published)
+    assert duplicate_of([by_doi], preprint, None) is None
 
 
 def test_suggest_from_weights_votes_by_score():

@@ -101,7 +101,7 @@ def _suggester(records, enabled: bool):
     from catalog.index import CacheUnusable, ModelMissing
     from catalog.search import Searcher
 
-    searcher = Searcher(records, cache_dir=cache_dir(None), progress=False)
+    searcher = Searcher(records, cache_dir=cache_dir(None), progress=False, log=_say)
     try:
         searcher.dense_index()
     except (ModelMissing, CacheUnusable) as exc:
@@ -206,6 +206,8 @@ class _Refused(Exception):
 def _add_one(directory: Path, paper: _Paper, record_id: str | None, records: list, suggester) -> str:
     from types import SimpleNamespace
 
+    from pydantic import ValidationError
+
     from catalog.enrich import duplicate_of, slug_for
 
     meta = paper.meta
@@ -213,8 +215,14 @@ def _add_one(directory: Path, paper: _Paper, record_id: str | None, records: lis
     if clash:
         raise _Refused(clash)
     rid = record_id or _free_id(directory, slug_for(meta.title), meta.year, {r.id for r in records})
-    target, text, evidence, evidence_text = _draft(directory, rid, paper,
-                                                   suggester(f"{meta.title}. {meta.abstract}"))
+    try:
+        target, text, evidence, evidence_text = _draft(directory, rid, paper,
+                                                       suggester(f"{meta.title}. {meta.abstract}"))
+    except ValidationError as exc:  # e.g. an author name longer than the schema allows
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _Refused(f"the metadata does not make a valid record ({where}: {first['msg']}); "
+                       "add it by hand") from None
     _write_pair(target, text, evidence, evidence_text)
     records.append(SimpleNamespace(id=rid, arxiv=meta.arxiv, title=meta.title, url=meta.abs_url, code=None,
                                    sources=[]))  # a second id in the same run is checked against it
