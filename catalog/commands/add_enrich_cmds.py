@@ -6,6 +6,7 @@ prints one line, exits 2 and has written nothing. Files are replaced atomically 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import os
@@ -268,16 +269,34 @@ def _targets(records: dict, ids: list[str] | None, everything: bool) -> list:
     return [r for r in records.values() if everything or r.venue is None or r.code is None]
 
 
+@contextlib.contextmanager
+def _progress(total: int):
+    """A transient bar on a terminal's stderr (OpenAlex takes a request or three per record); nothing when
+    stderr is a file or a pipe, so an error stays the only line there."""
+    if not sys.stderr.isatty() or total < 10:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("OpenAlex"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("lookups", total=total)
+        yield lambda: bar.advance(task)
+
+
 def _lookups(targets: list, session) -> tuple[dict, dict]:
     """The network phase of enrich: published versions (OpenAlex) and code links (arXiv)."""
     from catalog.enrich import MetadataError, code_link, fetch_arxiv, find_published
 
     venues, codes = {}, {}
     try:
-        for r in targets:
-            doi = _doi_of(r)
-            if r.arxiv or doi:
-                venues[r.id] = find_published(session, title=r.title, arxiv_id=r.arxiv, doi=doi, year=r.year)
+        with _progress(len(targets)) as advance:
+            for r in targets:
+                doi = _doi_of(r)
+                if r.arxiv or doi:
+                    venues[r.id] = find_published(session, title=r.title, arxiv_id=r.arxiv, doi=doi,
+                                                  year=r.year)
+                advance()
         wanted = [r.arxiv for r in targets if r.code is None and r.arxiv]
         metas = fetch_arxiv(wanted, session) if wanted else {}
     except MetadataError as exc:
