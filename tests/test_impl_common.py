@@ -223,7 +223,7 @@ def test_bench_reruns_one_model_and_keeps_the_others(monkeypatch):
 
     calls = []
 
-    def fake_run(name, *, model, eval_windows, options, tasks=False):
+    def fake_run(name, *, model, eval_windows, options, tasks=False, papers_dir="papers"):
         calls.append((model, dict(options)))
         merged = {k: o.default for k, o in registry.get(name).options.items()} | dict(options)
         return {"method": name, "model": model, "options": merged,

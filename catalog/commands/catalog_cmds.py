@@ -319,6 +319,7 @@ def bench(
         from reference_impls.common.bench import run_bench
 
         try:
-            run_bench(methods, models=tuple(model) if model else None, missing_only=missing)
+            run_bench(methods, models=tuple(model) if model else None, missing_only=missing,
+                      papers_dir=papers_dir(papers))
         except CatalogInvalid as exc:  # the encoder is evaluated on the catalog's records
             raise invalid_exit(exc) from None

@@ -41,7 +41,8 @@ def _same_run(run: dict, method: registry.Method, model: str, options: dict) -> 
 
 def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = None,
                  eval_windows: int | None = BENCH_EVAL_WINDOWS,
-                 extras: bool = True, previous: dict | None = None, missing_only: bool = False) -> dict:
+                 extras: bool = True, previous: dict | None = None, missing_only: bool = False,
+                 papers_dir: str | Path = "papers") -> dict:
     """Run the method's grid on `models` (default: its bench models).
 
     Runs of `previous` (the method's existing results file) on models not re-run are kept, so that
@@ -63,7 +64,7 @@ def bench_method(method: registry.Method, *, models: tuple[str, ...] | None = No
                     continue
             t0 = time.perf_counter()
             record = run_method(method.name, model=model, eval_windows=eval_windows, options=options,
-                                tasks=method.family not in NO_TASK_FAMILIES)
+                                tasks=method.family not in NO_TASK_FAMILIES, papers_dir=papers_dir)
             runs.append(record)
             m = record["metrics"]
             metric = (f"ppl {m['perplexity']:.3f} (fp {m['perplexity_fp']:.3f})" if "perplexity" in m
@@ -104,7 +105,8 @@ def _previous_results(path: Path) -> dict | None:
 
 
 def run_bench(
-    methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False
+    methods: list[str], *, models: tuple[str, ...] | None = None, missing_only: bool = False,
+    papers_dir: str | Path = "papers",
 ) -> None:
     """Benchmark the named methods (all registered ones when empty) and write results/<method>.json."""
     chosen = [registry.get(name) for name in methods] if methods else registry.all_methods()
@@ -114,7 +116,8 @@ def run_bench(
         previous = None
         if path.exists() and (models or missing_only):
             previous = _previous_results(path)
-        result = bench_method(method, models=models, previous=previous, missing_only=missing_only)
+        result = bench_method(method, models=models, previous=previous, missing_only=missing_only,
+                              papers_dir=papers_dir)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(path)
