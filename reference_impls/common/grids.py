@@ -35,6 +35,9 @@ COMPOSITIONS: list[tuple[str, dict]] = [
     ("gptq+wanda", {"sparsity": 0.5, **G4}),
     ("wanda+awq", {"sparsity": 0.5, **G4}),
     ("slicegpt+gptq", {"sparsity": 0.25, **G4}),
+    # pruning + distillation recovery: the pruned model learns from its dense original (the baseline in the
+    # record, perplexity_no_distill, is the same pruned model recovered with cross-entropy alone)
+    ("sparsegpt+kd", {"sparsity": 0.5, "max_steps": 100}),
     ("gptq+kivi", {"gptq.bits": 4, "gptq.group_size": 128, "kivi.bits": 2, "kivi.group_size": 32,
                    "residual_length": 32}),
 ]
