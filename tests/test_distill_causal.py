@@ -195,6 +195,26 @@ def test_kd_after_pruning_recovers_from_the_dense_original(tokenizer, monkeypatc
         _run("kd", ctx)
 
 
+def test_composition_path_hands_kd_the_pruned_model(tokenizer, monkeypatch):
+    """Through compose.apply_stages (each stage writes a fresh ledger) kd must still see that an
+    earlier stage pruned the model: the pruned model trains, not a new two-layer student."""
+    import copy
+
+    from reference_impls.common.compose import apply_stages
+
+    ctx = _ctx(tokenizer)
+    dense = copy.deepcopy(ctx.model)
+    monkeypatch.setattr(_causal, "load_model", lambda name, device: LoadedModel(
+        name, copy.deepcopy(dense), tokenizer, adapter_for(dense), torch.device("cpu")))
+    prune, kd = registry.get("magnitude"), registry.get("kd")
+    pruned = ctx.model
+    metrics, stages = apply_stages(ctx, [prune, kd], [{**prune.defaults(), "sparsity": 0.5},
+                                                      {**kd.defaults(), **SMALL}])
+    assert metrics["recovered_from_dense"] and ctx.model is pruned
+    assert metrics["student_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert [s["method"] for s in stages] == ["magnitude", "kd"] and ctx.ledger.layers  # the pruned ledger
+
+
 @pytest.mark.slow
 def test_kd_on_the_project_lm_beats_the_same_student_without_the_teacher():
     """The real teacher: after the same 20 steps on the same windows, the KD student is closer to the

@@ -144,7 +144,7 @@ def apply_stages(ctx, methods: list, per_method: list[dict[str, Any]]) -> tuple[
     for m, kwargs in zip(methods, per_method, strict=True):
         # the matrices as the earlier stages left them, to check what the next stage keeps
         snapshot = {n: w.clone().cpu() for n in total.layers if (w := _weight(ctx.model, n)) is not None}
-        ctx.ledger = StorageLedger()
+        ctx.ledger, ctx.earlier_ledger = StorageLedger(), total
         t0 = time.perf_counter()
         metrics = m.apply(ctx, **kwargs) or {}
         stage_time = time.perf_counter() - t0
@@ -163,5 +163,5 @@ def apply_stages(ctx, methods: list, per_method: list[dict[str, Any]]) -> tuple[
                        "metrics": metrics})
         merged_metrics.update(metrics)
         ctx.pruned_masks = pruned_masks(ctx.model, total)
-    ctx.ledger = total
+    ctx.ledger, ctx.earlier_ledger = total, StorageLedger()
     return merged_metrics, stages

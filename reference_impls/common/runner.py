@@ -41,6 +41,9 @@ class RunContext:
     # In a composition: zero patterns of the matrices earlier stages pruned (full name -> bool, True =
     # pruned), so a later quantizer can keep them (compose.py)
     pruned_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # In a composition: the merged ledger of the stages before this one (each stage writes a fresh
+    # `ledger`), so a stage can tell what was compressed before it (distillation recovers a pruned model)
+    earlier_ledger: StorageLedger = field(default_factory=StorageLedger)
 
     @property
     def model(self):

@@ -119,8 +119,11 @@ def prepare(ctx, *, student_layers, student_init, student_hidden, max_steps, tim
     if ctx.loaded.kind != "causal":
         raise ValueError("this method distils a causal LM: use --model causal or a causal LM directory")
     masks = {}
-    if ctx.ledger.layers:  # an earlier stage compressed the model: recover it from its dense original
-        teacher, student, masks = compressed_student(ctx)
+    # an earlier stage compressed the model: recover it from its dense original (in a composition the
+    # earlier stages' ledger is ctx.earlier_ledger; applied by hand on one context, it is ctx.ledger)
+    earlier = ctx.ledger if ctx.ledger.layers else getattr(ctx, "earlier_ledger", ctx.ledger)
+    if earlier.layers:
+        teacher, student, masks = compressed_student(ctx, earlier)
     else:
         teacher = ctx.model.eval()
         student = build_student(teacher, student_layers=student_layers, student_init=student_init,
@@ -131,15 +134,15 @@ def prepare(ctx, *, student_layers, student_init, student_hidden, max_steps, tim
     return Setup(teacher, student, copy.deepcopy(student), windows.to(ctx.device), cfg, batch_size, masks)
 
 
-def compressed_student(ctx):
+def compressed_student(ctx, ledger):
     """(dense teacher reloaded, the compressed model as student, masks of its pruned matrices)."""
-    quantized = [n for n, p in ctx.ledger.parts.items() if p.value_bits < 16]
-    if quantized or set(ctx.ledger.layers) - set(ctx.ledger.parts):
+    quantized = [n for n, p in ledger.parts.items() if p.value_bits < 16]
+    if quantized or set(ledger.layers) - set(ledger.parts):
         raise ValueError("distillation after a quantizing stage would move weights off its grid: "
                          "compose it after a pruning method (e.g. sparsegpt+kd)")
     teacher = load_model(ctx.loaded.name, ctx.device).model.eval()
     student = ctx.model.train()
-    masks = {name: (student.get_submodule(name).weight != 0).float() for name in ctx.ledger.layers}
+    masks = {name: (student.get_submodule(name).weight != 0).float() for name in ledger.layers}
     return teacher, student, masks
 
 
