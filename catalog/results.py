@@ -25,6 +25,9 @@ BUDGET_OPTIONS = ("bits", "group_size", "fmt", "scheme", "sparsity", "prune_n", 
 QUALITY_METRICS = (("perplexity_kv", "perplexity_kv_full", "perplexity, generation through the cache"),
                    ("perplexity_compressed", "perplexity_full_context",
                     "perplexity after the compressed prompt"),
+                   # black-box distillation trains its own task models and leaves the runner's model
+                   # untouched: its figure is the student's task accuracy, not that model's perplexity
+                   ("task_accuracy", "task_accuracy_teacher", "task accuracy (exact match)"),
                    ("perplexity", "perplexity_fp", "held-out perplexity"),
                    ("cosine", None, "embedding cosine to the uncompressed encoder"))
 
@@ -58,7 +61,7 @@ class Run:
     @property
     def quality(self) -> tuple[str, float | None, float | None]:
         """(label, value, uncompressed reference) of the quality this run changes; lower is better
-        except for cosine."""
+        except for cosine and task accuracy (`higher_is_better`)."""
         for key, ref, label in QUALITY_METRICS:
             value = _num(self.metrics.get(key))
             if value is not None:
@@ -71,7 +74,16 @@ class Run:
         return "", None, None
 
     @property
+    def higher_is_better(self) -> bool:
+        label = self.quality[0]
+        return label.startswith(("embedding cosine", "task accuracy"))
+
+    @property
     def perplexity(self) -> float | None:
+        """Held-out perplexity of the method's model; None for a task-accuracy run (the perplexity in
+        its record is the untouched model's, not a point to plot)."""
+        if _num(self.metrics.get("task_accuracy")) is not None:
+            return None
         return _num(self.metrics.get("perplexity"))
 
     @property

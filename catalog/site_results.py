@@ -245,11 +245,11 @@ def _comparison_row(r: Run, members: list[Run], method: str, budget: tuple, know
 
 
 def _rank(run: Run) -> float:
-    """Best first: low perplexity, high cosine."""
-    label, value, _ = run.quality
+    """Best first: low perplexity, high cosine or task accuracy."""
+    _, value, _ = run.quality
     if value is None:
         return float("inf")
-    return -value if label.startswith("embedding cosine") else value
+    return -value if run.higher_is_better else value
 
 
 def results_page_for(data) -> str:
