@@ -31,6 +31,9 @@ def test_problem_rationale_label_and_checker_by_hand():
     assert not st.rationale_ok(p, "3+8=11;11+5=16")  # a step missing
     assert not st.rationale_ok(p, "3+8=11;garbage")
     assert st.accuracy(["25", "7"], [p, st.Problem((3, 5))]) == 0.5
+    q = st.Problem((37, 48, 19))  # two-digit terms: carries in both steps
+    assert (q.prompt, q.response) == ("Q:37+48+19=", "37+48=85;85+19=104;A:104")
+    assert st.rationale_ok(q, "37+48=85;85+19=104") and not st.rationale_ok(q, "37+48=75;75+19=94")
 
 
 def test_splits_are_disjoint_complete_and_seeded():
@@ -40,6 +43,10 @@ def test_splits_are_disjoint_complete_and_seeded():
     assert st.problems(3)[1] == test and st.problems(3, seed=1)[1] != test
     with pytest.raises(ValueError, match="n-terms"):
         st.problems(7)
+    train2, test2 = st.problems(3, digits=2)  # 90**3 problems: a seeded sample of distinct ones
+    assert len(train2) + len(test2) == st.POOL and len(test2) == 1000
+    assert len({p.terms for p in train2 + test2}) == st.POOL
+    assert all(10 <= t <= 99 for p in test2 for t in p.terms) and st.problems(3, digits=2)[1] == test2
 
 
 def test_encoding_and_loss_mask():
@@ -143,6 +150,8 @@ def test_bad_options_fail_with_the_option_name():
         _blackbox.check_options(**dict(opts, student_hidden=48))
     with pytest.raises(ValueError, match="--n-terms"):
         _blackbox.check_options(**dict(opts, n_terms=9))
+    with pytest.raises(ValueError, match="--digits"):
+        _blackbox.check_options(**dict(opts, digits=3))
 
 
 @pytest.mark.slow

@@ -5,9 +5,10 @@ distillation) needs a teacher that *can do a task* and whose outputs alone are h
 project's 6-layer LM cannot do any task worth grading, so these methods use this module instead:
 
 - **task**: the sum of `n_terms` one-digit numbers, e.g. prompt ``Q:3+8+5+9=``, whose step-by-step
-  rationale adds one term at a time with carries, ``3+8=11;11+5=16;16+9=25``, and label ``25``. A solver
-  writes ``rationale;A:label``. All problems are enumerated (10**n_terms) and split by a seeded shuffle
-  into disjoint train / test sets (`problems`).
+  rationale adds one term at a time with carries, ``3+8=11;11+5=16;16+9=25``, and label ``25`` (or of
+  two-digit numbers, ``Q:37+48+19=`` → ``37+48=85;85+19=104`` → ``104``). A solver writes
+  ``rationale;A:label``. The problems (all of them, or a seeded sample of 30 000 distinct ones) are split
+  by a seeded shuffle into disjoint train / test sets (`problems`).
 - **vocabulary**: one token per character of ``0123456789+=;:QA`` plus PAD, BOS, EOS and the task
   prefixes ``[label]`` and ``[rationale]`` of Distilling step-by-step, 21 ids (`encode`, `decode`).
 - **teacher**: a LlamaForCausalLM built from a config (`TeacherSpec`: layers, hidden size), trained from
@@ -23,6 +24,7 @@ project's 6-layer LM cannot do any task worth grading, so these methods use this
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -67,16 +69,30 @@ class Problem:
         return f"{self.rationale};A:{self.label}"
 
 
-def problems(n_terms: int = 4, *, seed: int = 0, test_size: int | None = None
+POOL = 30_000  # problems drawn (distinct, seeded) when there are more than this many
+
+
+def problems(n_terms: int = 4, *, digits: int = 1, seed: int = 0, test_size: int | None = None
              ) -> tuple[list[Problem], list[Problem]]:
-    """(train, test): every sum of `n_terms` one-digit numbers, shuffled with `seed`, split disjointly;
+    """(train, test): sums of `n_terms` numbers of `digits` digits (one digit: 0-9; two: 10-99), every
+    one of them or a seeded sample of `POOL` distinct ones, shuffled with `seed` and split disjointly;
     the test split is `test_size` problems (default: a fifth of them, at most 1000)."""
     if not 2 <= n_terms <= 5:
         raise ValueError(f"--n-terms must be in 2..5, got {n_terms}")
+    if digits not in (1, 2):
+        raise ValueError(f"--digits must be 1 or 2, got {digits}")
+    values = range(10) if digits == 1 else range(10, 100)
+    rng = random.Random(seed)
+    if len(values) ** n_terms <= POOL:
+        grid = [Problem(t) for t in itertools.product(values, repeat=n_terms)]
+    else:
+        drawn: set[tuple[int, ...]] = set()
+        while len(drawn) < POOL:
+            drawn.add(tuple(rng.choice(values) for _ in range(n_terms)))
+        grid = [Problem(t) for t in sorted(drawn)]
+    rng.shuffle(grid)
     if test_size is None:
-        test_size = min(1000, 10**n_terms // 5)
-    grid = [Problem(tuple(int(d) for d in f"{i:0{n_terms}d}")) for i in range(10**n_terms)]
-    random.Random(seed).shuffle(grid)
+        test_size = min(1000, len(grid) // 5)
     if not 0 < test_size < len(grid):
         raise ValueError(f"test size must be in 1..{len(grid) - 1}, got {test_size}")
     return grid[test_size:], grid[:test_size]
@@ -192,6 +208,7 @@ def n_params(model) -> int:
 @dataclass(frozen=True)
 class TeacherSpec:
     n_terms: int = 4
+    digits: int = 1
     layers: int = 2
     hidden: int = 128
     steps: int = 1200
@@ -200,9 +217,18 @@ class TeacherSpec:
     seed: int = 0
     test_size: int | None = None  # None: problems()'s default
 
+    def split(self) -> tuple[list[Problem], list[Problem]]:
+        return problems(self.n_terms, digits=self.digits, seed=self.seed, test_size=self.test_size)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return (3 * self.digits + 4) * self.n_terms + 8  # the longest response, with room to spare
+
     def key(self) -> str:
         settings = asdict(self)
-        settings["test_size"] = len(problems(self.n_terms, seed=self.seed, test_size=self.test_size)[1])
+        settings["test_size"] = len(self.split()[1])
+        if self.digits == 1:  # keys from before two-digit terms existed stay valid
+            del settings["digits"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -236,10 +262,10 @@ def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[L
     if cache and (path / "model.pt").exists():
         model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
         return model.eval(), json.loads((path / "figures.json").read_text())
-    train_set, test_set = problems(spec.n_terms, seed=spec.seed, test_size=spec.test_size)
+    train_set, test_set = spec.split()
     rows = [sequence(p.prompt, p.response) for p in train_set]
     result = train_on(model, rows, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)
-    answers = generate(model, [p.prompt for p in test_set])
+    answers = generate(model, [p.prompt for p in test_set], max_new_tokens=spec.max_new_tokens)
     figures = {"teacher_accuracy": accuracy([parse(a)[1] for a in answers], test_set),
                "teacher_rationale_ok": sum(rationale_ok(p, parse(a)[0]) for p, a in
                                            zip(test_set, answers, strict=True)) / len(test_set),

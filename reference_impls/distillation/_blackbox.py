@@ -1,7 +1,7 @@
 """What the black-box distillation methods share: the teacher, its outputs on the transfer set, the student.
 
 Protocol (step-by-step, instruct-distill):
-- task and teacher = `common/synthetic_task.py`: sums of `n_terms` one-digit numbers with step-by-step
+- task and teacher = `common/synthetic_task.py`: `n_terms`-term sums (`digits` digits) with step-by-step
   rationales; the teacher, a small Llama trained from scratch on the ground-truth rationales of the
   train split (cached under .atlas/), is the only model that ever sees ground truth;
 - transfer set = `n_train` train-split prompts (a seeded sample); the teacher answers each one greedily
@@ -27,7 +27,8 @@ from reference_impls.common.registry import Option
 from reference_impls.common.training import TrainResult
 
 OPTIONS = {
-    "n_terms": Option(4, "one-digit terms per problem (2-5)"),
+    "n_terms": Option(4, "terms per problem (2-5)"),
+    "digits": Option(1, "digits per term: 1 (0-9) or 2 (10-99)"),
     "teacher_layers": Option(2, "decoder layers of the teacher trained on the task"),
     "teacher_hidden": Option(128, "hidden size of the teacher"),
     "teacher_steps": Option(1200, "training steps of the teacher (ground truth; cached on disk)"),
@@ -42,11 +43,13 @@ OPTIONS = {
 OPTIONS_DEFAULTS = {name: o.default for name, o in OPTIONS.items()}
 
 
-def check_options(*, n_terms, teacher_layers, teacher_hidden, teacher_steps, student_layers, student_hidden,
-                  n_train, max_steps, time_budget, lr, batch_size, **_) -> None:
+def check_options(*, n_terms, digits, teacher_layers, teacher_hidden, teacher_steps, student_layers,
+                  student_hidden, n_train, max_steps, time_budget, lr, batch_size, **_) -> None:
     """One-line errors naming the option, before any model work."""
     if not 2 <= n_terms <= 5:
         raise ValueError(f"--n-terms must be in 2..5, got {n_terms}")
+    if digits not in (1, 2):
+        raise ValueError(f"--digits must be 1 or 2, got {digits}")
     for name, value in dict(teacher_layers=teacher_layers, teacher_steps=teacher_steps,
                             student_layers=student_layers, n_train=n_train, max_steps=max_steps,
                             batch_size=batch_size).items():
@@ -96,18 +99,19 @@ class Setup:
 
     @property
     def max_new_tokens(self) -> int:
-        return 8 * self.spec.n_terms + 8  # the longest response (rationale + answer) with room to spare
+        return self.spec.max_new_tokens
 
 
-def prepare(ctx, *, n_terms, teacher_layers, teacher_hidden, teacher_steps, student_layers, student_hidden,
-            n_train, **opts) -> Setup:
-    spec = st.TeacherSpec(n_terms=n_terms, layers=teacher_layers, hidden=teacher_hidden, steps=teacher_steps)
+def prepare(ctx, *, n_terms, digits, teacher_layers, teacher_hidden, teacher_steps, student_layers,
+            student_hidden, n_train, **opts) -> Setup:
+    spec = st.TeacherSpec(n_terms=n_terms, digits=digits, layers=teacher_layers, hidden=teacher_hidden,
+                          steps=teacher_steps)
     teacher, figures = st.teacher(spec)
-    train_set, test_set = st.problems(n_terms, seed=spec.seed, test_size=spec.test_size)
+    train_set, test_set = spec.split()
     if n_train > len(train_set):
         raise ValueError(f"--n-train must be at most {len(train_set)} for --n-terms {n_terms}, got {n_train}")
     prompts = [p.prompt for p in random.Random(ctx.seed).sample(train_set, n_train)]
-    data = TeacherData(prompts, st.generate(teacher, prompts, max_new_tokens=8 * n_terms + 8))
+    data = TeacherData(prompts, st.generate(teacher, prompts, max_new_tokens=spec.max_new_tokens))
     student = st.make_model(layers=student_layers, hidden=student_hidden, seed=ctx.seed)
     return Setup(teacher, figures, data, test_set, student, copy.deepcopy(student), spec,
                  dict(opts, seed=ctx.seed))
@@ -116,8 +120,7 @@ def prepare(ctx, *, n_terms, teacher_layers, teacher_hidden, teacher_steps, stud
 def report(setup: Setup, *, student_labels: list[str], baseline_labels: list[str], ours: TrainResult,
            base: TrainResult, test_answers: list[str] | None = None) -> dict:
     """The record's figures; the transfer set's gold labels are read here, for the report only."""
-    spec = setup.spec
-    gold = {p.prompt: p for p in st.problems(spec.n_terms, seed=spec.seed, test_size=spec.test_size)[0]}
+    gold = {p.prompt: p for p in setup.spec.split()[0]}
     transfer = [gold[q] for q in setup.data.prompts]
     out = {"task_accuracy": st.accuracy(student_labels, setup.test),
            "task_accuracy_baseline": st.accuracy(baseline_labels, setup.test),
