@@ -41,6 +41,9 @@ OPTIONS = {
     "batch_size": Option(32, "examples per step"),
 }
 OPTIONS_DEFAULTS = {name: o.default for name, o in OPTIONS.items()}
+# `atlas bench`: the default one-digit task (a student can sum four digits without a rationale), and
+# three two-digit terms, where it cannot in these steps (the teacher: 2000 steps, 100% on the test split)
+BENCH = [{}, {"digits": 2, "n_terms": 3, "teacher_steps": 2000, "n_train": 4000, "max_steps": 2000}]
 
 
 def check_options(*, n_terms, digits, teacher_layers, teacher_hidden, teacher_steps, student_layers,

@@ -36,7 +36,7 @@ def sft_rows(data: _blackbox.TeacherData, *, answers_only: bool = False) -> list
     papers=["reasoning-teachers"], fidelity="simplified",
     summary="Chain-of-thought / instruction distillation: SFT on the teacher's generated rationale + answer "
             "vs answers only; synthetic arithmetic task",
-    options=dict(_blackbox.OPTIONS), bench=[{}], bench_models=("causal",),
+    options=dict(_blackbox.OPTIONS), bench=_blackbox.BENCH, bench_models=("causal",),
 )
 def run_instruct_distill(ctx, **opts) -> dict:
     _blackbox.check_options(**opts)

@@ -53,7 +53,7 @@ def task_rows(data: _blackbox.TeacherData) -> tuple[list, list]:
             "predicts labels directly; synthetic arithmetic task",
     options={**_blackbox.OPTIONS,
              "rationale_weight": Option(1.0, "λ, weight of the rationale-generation loss")},
-    bench=[{}], bench_models=("causal",),
+    bench=_blackbox.BENCH, bench_models=("causal",),
 )
 def run_step_by_step(ctx, *, rationale_weight: float, **opts) -> dict:
     _blackbox.check_options(**opts)
