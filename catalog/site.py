@@ -177,6 +177,10 @@ def results_table(rows: list[dict]) -> list[str]:
         elif "cosine" in m:
             metric = f"cosine {m['cosine']:.3f}, top-10 {_fmt(m.get('retrieval_agreement', ''))}"
             ref = "1"
+        elif value is not None:  # e.g. black-box distillation: the student's task accuracy vs the teacher's
+            base = m.get("task_accuracy_baseline")
+            metric = f"{label} {value:.3f}" + (f" (baseline {base:.3f})" if isinstance(base, float) else "")
+            ref = f"{reference:.3f}" if reference is not None else ""
         else:
             metric, ref = "", ""
         if "sparsity" in m:

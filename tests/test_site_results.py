@@ -274,3 +274,13 @@ def test_far_outliers_are_counted_not_drawn():
     svg = scatter_svg("o", pts, xlabel="x", ylabel="y", refs=((45.0, "uncompressed"),))
     assert "<title>c</title>" not in svg and "<title>a</title>" in svg
     assert "1 run(s) above 180 not shown" in svg
+
+
+def test_paper_page_table_shows_task_accuracy_runs():
+    from catalog.site import results_table
+
+    row = {"model": "causal", "options": {"digits": 2}, "bits_per_weight": 16.0, "time_s": 1.0,
+           "metrics": {"task_accuracy": 0.79, "task_accuracy_baseline": 0.086, "task_accuracy_teacher": 1.0,
+                       "perplexity": 45.36, "perplexity_fp": 45.36}}
+    (line,) = [x for x in results_table([row]) if x.startswith("| causal")]
+    assert "0\\.790 \\(baseline 0\\.086\\)" in line and "45" not in line  # not the untouched model's ppl
