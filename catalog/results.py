@@ -89,6 +89,11 @@ class Run:
     @property
     def size_mb(self) -> float | None:
         """Stored weights in MB (10^6 bytes): the ledger's `weight_bytes`, else bits/weight × params."""
+        if "task_accuracy" in self.metrics:
+            # a method that trains its own student (black-box distillation): the runner's weight_bytes are
+            # the untouched project model's; the student is float32
+            n = _num(self.metrics.get("student_params"))
+            return None if n is None else n * 4 / 1e6
         weight_bytes = _num(self.metrics.get("weight_bytes"))
         if weight_bytes is None and self.bits_per_weight is not None and self.params:
             weight_bytes = self.bits_per_weight * self.params / 8
@@ -180,6 +185,10 @@ def _rows_of(data) -> list[dict]:
     return []
 
 
+def _own_bits(row: dict) -> float | None:
+    return None if "task_accuracy" in row["metrics"] else _num(row.get("bits_per_weight"))
+
+
 def load_runs(results_dir: Path, families: dict[str, str] | None = None) -> list[Run]:
     """Every run record under `results_dir` (files without runs, like the search benchmark, are skipped).
 
@@ -207,7 +216,9 @@ def load_runs(results_dir: Path, families: dict[str, str] | None = None) -> list
                 options=row.get("options") if isinstance(row.get("options"), dict) else {},
                 metrics=row["metrics"], papers=tuple(str(p) for p in papers),
                 fidelity=str(row.get("fidelity") or top.get("fidelity") or ""),
-                bits_per_weight=_num(row.get("bits_per_weight")), params=row.get("params"),
+                # a method training its own student reports the untouched project model's bits: not its own
+                bits_per_weight=_own_bits(row),
+                params=row.get("params"),
                 time_s=_num(row.get("time_s")), stages=stage_names, source=path.name))
     _merge_task_rows(runs, results_dir)
     # A combination's papers are its stages' papers (as the single-method files name them).

@@ -284,3 +284,13 @@ def test_paper_page_table_shows_task_accuracy_runs():
                        "perplexity": 45.36, "perplexity_fp": 45.36}}
     (line,) = [x for x in results_table([row]) if x.startswith("| causal")]
     assert "0\\.790 \\(baseline 0\\.086\\)" in line and "45" not in line  # not the untouched model's ppl
+
+
+def test_a_black_box_run_shows_its_student_not_the_untouched_model(tmp_path):
+    row = {"method": "step-by-step", "model": "causal", "options": {}, "bits_per_weight": 16.0,
+           "metrics": {"task_accuracy": 0.1, "task_accuracy_teacher": 1.0, "student_params": 108160,
+                       "weight_bytes": 13244928, "perplexity": 45.36}}
+    (tmp_path / "step-by-step.json").write_text(json.dumps({"method": "step-by-step", "runs": [row]}))
+    (run,) = load_runs(tmp_path, {"step-by-step": "distillation"})
+    assert run.bits_per_weight is None and run.size_mb == pytest.approx(108160 * 4 / 1e6)
+    assert run.perplexity is None
