@@ -6,15 +6,13 @@ import torch
 from reference_impls.common.adapters import adapter_for
 from reference_impls.common.hadamard import RandomHadamard, hadamard_matrix
 from reference_impls.common.models import tiny_model
-from reference_impls.quantization.quarot import (
-    KV_ATTENTION,
-    add_online_hadamards,
+from reference_impls.common.rotation import (
     online_hessian,
     quantize_asym_per_token,
     quantize_kv,
     quantize_sym_per_token,
-    rotate_model,
 )
+from reference_impls.quantization.quarot import KV_ATTENTION, add_online_hadamards, rotate_model
 from reference_impls.quantization.rtn import rtn_quantize
 
 

@@ -31,11 +31,18 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
-from reference_impls.common.adapters import get_weight, set_weight
+from reference_impls.common.adapters import get_weight
 from reference_impls.common.fake_quant import FakeQuantLinear, swap_model_linears
-from reference_impls.common.folding import absorb_norm_scale, inject_activation_outliers
+from reference_impls.common.folding import inject_activation_outliers
 from reference_impls.common.hadamard import RandomHadamard, hadamard_transform
 from reference_impls.common.registry import Option, register
+from reference_impls.common.rotation import (
+    fold_norms,
+    online_hessian,
+    quantize_kv,
+    quantize_sym_per_token,
+    rotate_residual,
+)
 from reference_impls.common.storage import quantized_bits
 from reference_impls.quantization.gptq import gptq_quantize
 from reference_impls.quantization.rtn import rtn_quantize
@@ -44,35 +51,7 @@ ONLINE = ("self_attn.o_proj", "mlp.down_proj")  # inputs off the residual stream
 KV_ATTENTION = "atlas_quarot_kv"
 
 
-# ---------------------------------------------------------------- pure core
-def quantize_sym_per_token(x: torch.Tensor, *, bits: int, clip: float = 1.0) -> torch.Tensor:
-    """Symmetric fake quantization along the last dimension, scale = clip · max|x| / (2^(b−1) − 1)."""
-    maxq = 2 ** (bits - 1) - 1
-    scale = (clip * x.abs().amax(-1, keepdim=True)).clamp(min=1e-8) / maxq
-    return torch.clamp(torch.round(x / scale), -maxq - 1, maxq) * scale
-
-
-def quantize_asym_per_token(x: torch.Tensor, *, bits: int, clip: float = 1.0) -> torch.Tensor:
-    """Asymmetric min-max fake quantization along the last dimension, range shrunk by `clip`."""
-    maxq = 2**bits - 1
-    xmin, xmax = clip * x.amin(-1, keepdim=True), clip * x.amax(-1, keepdim=True)
-    scale = (xmax - xmin).clamp(min=1e-8) / maxq
-    zero = torch.round(-xmin / scale)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, maxq) - zero) * scale
-
-
-def quantize_kv(x: torch.Tensor, *, bits: int, clip: float) -> torch.Tensor:
-    """Keys or values (batch, kv_heads, seq, head_dim) quantized per head and token in the per-head
-    Hadamard basis, returned in the original basis: (q H̃)(Q(k H̃))ᵀ = q (Q(k H̃) H̃ᵀ)ᵀ."""
-    return hadamard_transform(quantize_asym_per_token(hadamard_transform(x), bits=bits, clip=clip),
-                              transpose=True)
-
-
-def online_hessian(H: torch.Tensor) -> torch.Tensor:
-    """The Hessian of inputs x H̃ given that of x: H̃ᵀ H H̃ (H symmetric)."""
-    return hadamard_transform(hadamard_transform(H).t())  # rows: (H H̃)ᵀ H̃ = H̃ᵀ H H̃
-
-
+# ---------------------------------------------------------------- KV-cache hook
 def _kv_quant_attention(module, query, key, value, attention_mask, *args, **kwargs):
     # *args: wrappers such as kvpress's attention patch pass `dropout` positionally
     kv = getattr(module, "quarot_kv", None)  # (bits, clip), set by run_quarot
@@ -87,38 +66,15 @@ AttentionMaskInterface.register(KV_ATTENTION, sdpa_mask)
 
 
 # ---------------------------------------------------------------- model transforms
-def _untie_lm_head(model: nn.Module) -> None:
-    head = model.get_output_embeddings()
-    if head.weight is model.get_input_embeddings().weight:
-        head.weight = nn.Parameter(head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-
-
 @torch.no_grad()
 def rotate_model(model: nn.Module, adapter, *, seed: int = 0) -> RandomHadamard:
     """Fold the norms and rotate the residual stream by a random Hadamard Q (in place); the model
     computes the same function. Returns Q."""
     if adapter.family != "llama":
         raise ValueError(f"quarot rotates Llama-layout decoders (pre-RMSNorm); got {adapter.family!r}")
-    _untie_lm_head(model)
-    blocks = adapter.blocks(model)
-    head = model.get_output_embeddings()
-    for b in blocks:
-        absorb_norm_scale(b.input_layernorm, [b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj])
-        absorb_norm_scale(b.post_attention_layernorm, [b.mlp.gate_proj, b.mlp.up_proj])
-    absorb_norm_scale(model.model.norm, [head])
-    emb = model.get_input_embeddings()
-    Q = RandomHadamard.draw(emb.weight.shape[1], seed=seed)
-    emb.weight.copy_(Q.apply(emb.weight.double()).to(emb.weight.dtype))  # E ← E Q
-    for b in blocks:
-        attn, mlp = b.self_attn, b.mlp
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-            set_weight(lin, Q.apply(get_weight(lin).double()))  # readers: W ← W Q
-        for lin in (b.self_attn.o_proj, b.mlp.down_proj):
-            set_weight(lin, Q.apply(get_weight(lin).double().t()).t())  # writers: W ← Qᵀ W
-            if lin.bias is not None:
-                lin.bias.copy_(Q.apply(lin.bias.double()).to(lin.bias.dtype))
-    set_weight(head, Q.apply(get_weight(head).double()))
+    fold_norms(model, adapter)
+    Q = RandomHadamard.draw(model.get_input_embeddings().weight.shape[1], seed=seed)
+    rotate_residual(model, adapter, Q.apply)
     return Q
 
 
