@@ -3,7 +3,8 @@
 Structured pruning only pays off when matrices get smaller, so these helpers replace `nn.Linear`
 modules by smaller ones (never masks): removing whole key/value groups of attention heads (their
 query heads, keys, values and the matching columns of `o_proj`), removing MLP channels (rows of
-`gate_proj`/`up_proj`, columns of `down_proj`), and removing whole decoder layers. Grouped-query
+`gate_proj`/`up_proj`, columns of `down_proj`), removing query heads inside every KV group, removing
+embedding channels of the residual stream, and removing whole decoder layers. Grouped-query
 attention constrains head removal to whole KV groups, so every remaining query head keeps its key
 and value head and `num_key_value_groups` stays valid.
 """
@@ -66,6 +67,62 @@ def keep_mlp_channels(mlp: nn.Module, keep: torch.Tensor) -> None:
     mlp.gate_proj = _sliced_linear(mlp.gate_proj, keep, None)
     mlp.up_proj = _sliced_linear(mlp.up_proj, keep, None)
     mlp.down_proj = _sliced_linear(mlp.down_proj, None, keep)
+
+
+def keep_query_heads(attn: nn.Module, keep: torch.Tensor) -> None:
+    """Keep, in every KV group, the query heads whose within-group indices are the rows of `keep`
+    (n_kv, k); keys and values stay whole, so every group keeps the same k query heads (GQA stays valid)."""
+    n_kv, q_per_kv, hd = kv_groups(attn)
+    keep = torch.as_tensor(keep, dtype=torch.long).sort(dim=1).values  # (n_kv, k)
+    if keep.shape[0] != n_kv or keep.shape[1] == 0 or int(keep.max()) >= q_per_kv:
+        raise ValueError(f"keep must be (n_kv={n_kv}, k) with 1 <= k and indices < {q_per_kv}")
+    q_heads = (torch.arange(n_kv).unsqueeze(1) * q_per_kv + keep).flatten()  # (n_kv·k,)
+    q_rows = (q_heads.unsqueeze(1) * hd + torch.arange(hd)).flatten()
+    attn.q_proj = _sliced_linear(attn.q_proj, q_rows, None)
+    attn.o_proj = _sliced_linear(attn.o_proj, None, q_rows)
+    attn.num_key_value_groups = keep.shape[1]
+
+
+def keep_hidden_channels(model: nn.Module, keep: torch.Tensor) -> None:
+    """Keep the embedding (residual-stream) channels `keep`: columns of the token embedding and of every
+    linear reading the stream, rows of o_proj/down_proj, entries of every RMSNorm weight, columns of the
+    LM head (re-tied to the embedding when the model ties them); `config.hidden_size` updated."""
+    layers = decoder_layers(model)
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
+    if keep.numel() == 0:
+        raise ValueError("at least one embedding channel must remain")
+    cfg = model.config
+    if getattr(cfg, "head_dim", None) is None:  # head_dim would otherwise follow hidden_size on reload
+        cfg.head_dim = layers[0].self_attn.head_dim
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    new_emb = nn.Embedding(emb.num_embeddings, keep.numel(), padding_idx=emb.padding_idx,
+                           device=emb.weight.device, dtype=emb.weight.dtype)
+    new_emb.weight.data.copy_(emb.weight.data[:, keep])
+    model.set_input_embeddings(new_emb)
+
+    def slice_norm(norm: nn.Module) -> None:
+        norm.weight = nn.Parameter(norm.weight.data[keep].clone())
+
+    for layer in layers:
+        slice_norm(layer.input_layernorm)
+        slice_norm(layer.post_attention_layernorm)
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.q_proj, attn.k_proj, attn.v_proj = (_sliced_linear(m, None, keep)
+                                                 for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        attn.o_proj = _sliced_linear(attn.o_proj, keep, None)
+        mlp.gate_proj, mlp.up_proj = (_sliced_linear(m, None, keep) for m in (mlp.gate_proj, mlp.up_proj))
+        mlp.down_proj = _sliced_linear(mlp.down_proj, keep, None)
+        if hasattr(layer, "hidden_size"):
+            layer.hidden_size = keep.numel()
+    slice_norm(model.model.norm)
+    if head is not None:
+        new_head = _sliced_linear(head, None, keep)
+        if tied:
+            new_head.weight = new_emb.weight
+        model.set_output_embeddings(new_head)
+    cfg.hidden_size = keep.numel()
 
 
 def add_output_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
