@@ -83,6 +83,18 @@ def test_teacher_learns_the_task_far_above_the_trivial_baseline(small_teacher):
                                                  strict=True))
 
 
+def test_a_damaged_teacher_cache_is_rebuilt_not_a_traceback(small_teacher):
+    model, figures = small_teacher
+    path = st.cache_dir() / f"teacher-{SMALL.key()}"
+    (path / "figures.json").unlink()  # as a Ctrl-C between the two writes used to leave it
+    again, refigured = st.teacher(SMALL)  # trained again, deterministically
+    assert refigured["teacher_accuracy"] == figures["teacher_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                 strict=True))
+    assert sorted(p.name for p in path.iterdir()) == ["figures.json", "model.pt"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary folder left
+
+
 class FakeCtx:
     seed = 0
 

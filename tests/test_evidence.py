@@ -70,3 +70,10 @@ def test_paper_page_lists_sources_and_the_quoted_claims(tmp_path):
     page = paper_page(records["alpha"], data, "@misc{k, title={x}}")
     assert "## Sources" in page and "- <https://arxiv.org/abs/2210.17323>" in page
     assert 'Supporting sentences (1 claim)' in page and "keeps perplexity close at 4 bits" in page
+
+
+def test_a_file_that_is_not_utf8_is_one_error_line(tmp_path):
+    records, papers = _setup(tmp_path, _evidence())
+    (tmp_path / "evidence" / "alpha.yaml").write_bytes(b"id: alpha\nabstract: caf\xe9\n")
+    (err,) = check_evidence(records, papers)
+    assert err.field == "file" and "not UTF-8" in err.message

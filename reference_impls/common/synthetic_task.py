@@ -27,7 +27,10 @@ import hashlib
 import itertools
 import json
 import os
+import pickle
 import random
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,9 +262,13 @@ def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[L
     """
     path = cache_dir() / f"teacher-{spec.key()}"
     model = make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
-    if cache and (path / "model.pt").exists():
-        model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
-        return model.eval(), json.loads((path / "figures.json").read_text())
+    if cache and path.is_dir():
+        try:
+            model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+            return model.eval(), json.loads((path / "figures.json").read_text())
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+            shutil.rmtree(path, ignore_errors=True)  # damaged or foreign: train again
+            model = make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
     train_set, test_set = spec.split()
     rows = [sequence(p.prompt, p.response) for p in train_set]
     result = train_on(model, rows, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)
@@ -272,8 +279,13 @@ def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[L
                "teacher_params": n_params(model), "teacher_layers": spec.layers,
                "teacher_hidden": spec.hidden, "teacher_train_steps": result.steps,
                "teacher_train_time_s": round(result.time_s, 2), "teacher_spec": asdict(spec)}
-    if cache:
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path / "model.pt")
-        (path / "figures.json").write_text(json.dumps(figures, indent=1))
+    if cache:  # both files in a temporary folder renamed into place: a Ctrl-C leaves no half cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
+        try:
+            tmp.rename(path)
+        except OSError:  # another process cached the same teacher first
+            shutil.rmtree(tmp, ignore_errors=True)
     return model.eval(), figures

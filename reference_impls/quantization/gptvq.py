@@ -112,7 +112,7 @@ def gptvq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 2, vq_dim:
     U = inverse_upper_cholesky(H)  # (in, in)
     d_all = torch.diag(U)
 
-    Q, codes = torch.zeros_like(W), torch.zeros(n_out, n_in // D, dtype=torch.long)
+    Q, codes = torch.zeros_like(W), torch.zeros(n_out, n_in // D, dtype=torch.long, device=W.device)
     codebooks, loss = [], 0.0
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
