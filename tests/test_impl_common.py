@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -171,6 +173,18 @@ def test_registry_lists_rtn_and_gptq_with_their_papers():
     assert methods["gptq"].options["group_size"].default == -1
     with pytest.raises(registry.UnknownMethodError, match="did you mean 'gptq'"):
         registry.get("gtpq")
+
+
+def test_registry_finds_each_method_module_without_importing_the_others():
+    # the text scan behind `atlas run NAME` must name the module that really registers NAME
+    for m in registry.all_methods():
+        assert registry._module_declaring(m.name) == m.module, m.name
+    assert registry._module_declaring("no-such-method") is None
+    code = ("import sys; from reference_impls.common import registry; m = registry.get('rtn'); "
+            "print(m.module, sorted(k for k in sys.modules if k.startswith('reference_impls.')"
+            " and k.count('.') == 2 and '.common.' not in k))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 1) == ["reference_impls.quantization.rtn", "['reference_impls.quantization.rtn']\n"]
 
 
 def test_method_option_parsing():

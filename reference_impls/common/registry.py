@@ -140,8 +140,32 @@ def all_methods() -> list[Method]:
     return sorted(_REGISTRY.values(), key=lambda m: (m.family, m.name))
 
 
+def _module_declaring(name: str) -> str | None:
+    """The method module whose source registers `name`, found by reading the files (no imports).
+
+    `atlas run rtn` then imports rtn.py alone instead of every method module with their optional
+    packages (hqq, peft, kvpress pull in torch._dynamo and more): 3-12 s of start-up, at load.
+    """
+    import re
+    from pathlib import Path
+
+    import reference_impls
+
+    declares = re.compile(r"@register\(\s*[\"']" + re.escape(name) + r"[\"']")
+    for path in sorted(Path(reference_impls.__path__[0]).glob("*/[!_]*.py")):
+        if path.parent.name != "common" and declares.search(path.read_text(encoding="utf-8")):
+            return f"reference_impls.{path.parent.name}.{path.stem}"
+    return None
+
+
 def get(name: str) -> Method:
-    discover()
+    if name not in _REGISTRY and not _DISCOVERED and (module := _module_declaring(name)):
+        try:
+            importlib.import_module(module)
+        except Exception:
+            discover()  # records why the module failed, beside every other module
+    if name not in _REGISTRY:
+        discover()
     if name not in _REGISTRY:
         import difflib
 
