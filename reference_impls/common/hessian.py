@@ -40,3 +40,20 @@ def inverse_hessian_cholesky(
     dead = mark_dead_inputs(H)
     add_damping(H, damp)
     return inverse_upper_cholesky(H), dead
+
+
+def block_ldl(H: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block LDL decomposition H = L D Lᵀ (QuIP#'s vector LDLQ): L unit block lower triangular (identity
+    `block` × `block` diagonal blocks), D block diagonal, returned as (n/block, block, block).
+
+    From the Cholesky factor H = C Cᵀ: with C_k the diagonal blocks of C, L = C · blockdiag(C_k)⁻¹ and
+    D_k = C_k C_kᵀ (the construction of the official quip-sharp `block_LDL`)."""
+    n = H.shape[0]
+    if n % block:
+        raise ValueError(f"block LDL needs the size {n} to be a multiple of the block {block}")
+    m = n // block
+    C = torch.linalg.cholesky(H)  # (n, n) lower
+    Ck = C.reshape(m, block, m, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (m, b, b)
+    L = (C.reshape(n, m, block).transpose(0, 1) @ torch.linalg.inv(Ck)).transpose(0, 1).reshape(n, n)
+    L.reshape(m, block, m, block).diagonal(dim1=0, dim2=2).copy_(torch.eye(block, dtype=H.dtype)[..., None])
+    return L, Ck @ Ck.transpose(1, 2)  # diagonal blocks of L set to I exactly (C_k C_k⁻¹ up to rounding)
