@@ -150,6 +150,16 @@ def test_bits_per_weight_by_hand():
     assert out["num_codebooks"] == 2 and out["code_bits"] == 2.0 and 0 < out["error_vs_init"] <= 1
 
 
+def test_block_finetuning_lowers_the_block_loss():
+    ctx = tiny_ctx()
+    out = run_aqlm(ctx, bits=2, num_codebooks=0, nbits_per_codebook=4, group_size=4, beam_size=1, rounds=1,
+                   max_steps=5, lr=1e-4, kmeans_iters=3, tolerance=0.01, finetune_steps=20, finetune_lr=1e-3)
+    assert all(b < a for a, b in zip(out["block_loss_init"], out["block_loss_trained"], strict=True)), out
+    layer = ctx.model.model.layers[0]
+    assert type(layer.mlp.down_proj) is torch.nn.Linear and layer.input_layernorm.weight.requires_grad
+    assert not torch.equal(layer.input_layernorm.weight, torch.ones(64))  # the norms were trained too
+
+
 def test_option_combinations():
     assert resolve_codebooks(bits=2, num_codebooks=0, nbits_per_codebook=8, group_size=8) == 2  # 2x8
     assert resolve_codebooks(bits=3, num_codebooks=0, nbits_per_codebook=6, group_size=4) == 2  # 2x6

@@ -33,12 +33,15 @@ Storage: M·B code bits per group of g weights, M·2^B·g 16-bit codebook values
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
 from reference_impls.common.adapters import get_weight
+from reference_impls.common.fake_quant import swap_linears
 from reference_impls.common.registry import Option, register
+from reference_impls.common.training import TrainConfig, train
 
 CODEBOOK_BITS = 16  # codebook values and scales are stored in float16
 
@@ -156,8 +159,8 @@ class AQLMResult:
 
 
 def aqlm_quantize(weight: torch.Tensor, hessian: torch.Tensor, *, num_codebooks: int = 2,
-                  nbits_per_codebook: int = 8, group_size: int = 8, beam_size: int = 1, rounds: int = 10,
-                  max_steps: int = 100, lr: float = 1e-4, kmeans_iters: int = 100, tolerance: float = 0.01,
+                  nbits_per_codebook: int = 8, group_size: int = 8, beam_size: int = 1, rounds: int = 4,
+                  max_steps: int = 50, lr: float = 1e-4, kmeans_iters: int = 25, tolerance: float = 0.01,
                   seed: int = 0) -> AQLMResult:
     """AQLM of one linear (module docstring): k-means init, then up to `rounds` of (Adam on codebooks and
     scales for `max_steps` steps, float16 rounding, beam search on codes)."""
@@ -222,6 +225,65 @@ def resolve_codebooks(*, bits: int, num_codebooks: int, nbits_per_codebook: int,
     return num_codebooks
 
 
+# ---------------------------------------------------------------- block fine-tuning (the second stage)
+class AQLinear(nn.Module):
+    """A linear computing with dequantize(codes, codebooks, scales): codes fixed, the rest trainable."""
+
+    def __init__(self, res: AQLMResult, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("codes", res.codes)
+        self.codebooks = nn.Parameter(res.codebooks.float())
+        self.scales = nn.Parameter(res.scales.float())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = dequantize(self.codes, self.codebooks, self.scales)  # (out, in)
+        return nn.functional.linear(x, weight.to(x.dtype), self.bias)
+
+
+def finetune_block(bctx, results: dict[str, AQLMResult], targets: list[torch.Tensor],
+                   cfg: TrainConfig) -> dict:
+    """Codebooks, scales and the block's norm parameters by Adam on ‖block_fp(X) − block_q(X)‖² with the
+    codes fixed (the official `finetune_groupwise`); writes the float16-rounded result back."""
+    originals = dict(bctx.linears)
+    aq = swap_linears(bctx.block, bctx.linears,
+                      lambda n, _w, old: AQLinear(results[n], getattr(old, "bias", None)))
+    norms = [p for m in bctx.block.modules() if "norm" in type(m).__name__.lower()
+             for p in m.parameters(recurse=False)]  # RMSNorm / LayerNorm weights (and biases)
+    flags = [p.requires_grad for p in norms]
+
+    def loss_fn(i: int) -> torch.Tensor:
+        out = bctx.block(bctx.inputs[i], **bctx.kwargs[i])
+        out = out[0] if isinstance(out, tuple) else out
+        return (out.float() - targets[i].float()).pow(2).mean()
+
+    def block_loss() -> float:
+        with torch.no_grad():
+            return sum(loss_fn(i).item() for i in range(len(targets))) / len(targets)
+
+    before = block_loss()
+    try:
+        for p in norms:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            train([q for m in aq.values() for q in (m.codebooks, m.scales)] + norms, loss_fn,
+                  lambda step: step % len(targets), cfg)
+        with torch.no_grad():
+            for name, m in aq.items():  # stored precision, back into the original modules
+                C16, s16 = m.codebooks.half(), m.scales.half()
+                results[name] = replace(results[name], codebooks=C16, scales=s16,
+                                        weight=dequantize(m.codes, C16.float(), s16.float()))
+    finally:
+        for p, flag in zip(norms, flags, strict=True):
+            p.requires_grad_(flag)
+        for name, module in originals.items():
+            bctx.block.set_submodule(name, module)
+            bctx.linears[name] = module
+    for name, res in results.items():
+        bctx.set_weight(name, res.weight)
+    return {"loss_init": before, "loss_trained": block_loss()}
+
+
 # ---------------------------------------------------------------- model-level entry
 @register(
     "aqlm", family="quantization", papers=["aqlm"], fidelity="simplified",
@@ -233,18 +295,23 @@ def resolve_codebooks(*, bits: int, num_codebooks: int, nbits_per_codebook: int,
         "nbits_per_codebook": Option(8, "B: each codebook holds 2^B vectors (1-16)"),
         "group_size": Option(8, "g: consecutive input columns coded together"),
         "beam_size": Option(1, "hypotheses kept per row in the beam search (official default 1)"),
-        "rounds": Option(10, "at most this many rounds of (Adam steps, beam search)"),
-        "max_steps": Option(100, "Adam steps on codebooks and scales per round"),
+        "rounds": Option(4, "at most this many rounds of (Adam steps, beam search); official: until "
+                            "--tolerance stops it"),
+        "max_steps": Option(50, "Adam steps on codebooks and scales per round (official 100)"),
         "lr": Option(1e-4, "Adam learning rate (official default)"),
-        "kmeans_iters": Option(100, "Lloyd iterations of the residual k-means initialisation"),
+        "kmeans_iters": Option(25, "Lloyd iterations of the residual k-means initialisation (official 100)"),
         "tolerance": Option(0.01, "stop when a round improves the objective by less than this fraction"),
+        "finetune_steps": Option(0, "block fine-tuning steps (codebooks, scales, norms; 0 = off)"),
+        "finetune_lr": Option(1e-4, "block fine-tuning learning rate (official 1e-5 over whole epochs)"),
     },
     bench=[{"bits": 2}, {"bits": 2, "nbits_per_codebook": 4, "group_size": 4},
+           {"bits": 2, "nbits_per_codebook": 4, "group_size": 4, "finetune_steps": 32},
+           {"bits": 2, "nbits_per_codebook": 8, "group_size": 4},
            {"bits": 3, "nbits_per_codebook": 6, "group_size": 4}],
     bench_models=("causal",),
 )
 def run_aqlm(ctx, *, bits, num_codebooks, nbits_per_codebook, group_size, beam_size, rounds, max_steps, lr,
-             kmeans_iters, tolerance) -> dict:
+             kmeans_iters, tolerance, finetune_steps=0, finetune_lr=1e-4) -> dict:
     M = resolve_codebooks(bits=bits or (0 if num_codebooks else 2), num_codebooks=num_codebooks,
                           nbits_per_codebook=nbits_per_codebook, group_size=group_size)
     if beam_size < 1 or rounds < 0 or max_steps < 0 or kmeans_iters < 0 or not 0 <= tolerance < 1:
@@ -253,9 +320,15 @@ def run_aqlm(ctx, *, bits, num_codebooks, nbits_per_codebook, group_size, beam_s
     for n in {get_weight(m).shape[1] for m in ctx.adapter.linears(ctx.adapter.blocks(ctx.model)[0]).values()}:
         if n % group_size:
             raise ValueError(f"--group-size {group_size} must divide every linear's input features (got {n})")
-    reduction, relative = [], []
+    if finetune_steps < 0 or finetune_lr <= 0:
+        raise ValueError("--finetune-steps must be >= 0 and --finetune-lr > 0")
+    cfg = TrainConfig(max_steps=finetune_steps, lr=finetune_lr, weight_decay=0.0, warmup_steps=0,
+                      min_lr_ratio=1.0, grad_clip=None, seed=ctx.seed, bf16=False, progress=False)
+    reduction, relative, tuned = [], [], []
 
     def process(block) -> None:
+        targets = [t.detach() for t in block.run()] if finetune_steps else []  # the block before quantizing
+        results = {}
         for i, name in enumerate(block.linears):
             w, H = block.weight(name), block.stats[name].hessian
             res = aqlm_quantize(w, H, num_codebooks=M, nbits_per_codebook=nbits_per_codebook,
@@ -263,13 +336,20 @@ def run_aqlm(ctx, *, bits, num_codebooks, nbits_per_codebook, group_size, beam_s
                                 max_steps=max_steps, lr=lr, kmeans_iters=kmeans_iters, tolerance=tolerance,
                                 seed=ctx.seed * 1000 + block.index * 16 + i)
             block.set_weight(name, res.weight)
+            results[name] = res
             ctx.ledger.add(f"{block.name}.{name}", w.numel(),
                            aqlm_bits(*w.shape, num_codebooks=M, nbits_per_codebook=nbits_per_codebook,
                                      group_size=group_size))
             reduction.append(res.history[-1] / max(res.history[0], 1e-30))
             relative.append(res.history[-1] / max(float(objective(w, torch.zeros_like(w), H)), 1e-30))
+        if finetune_steps:
+            tuned.append(finetune_block(block, results, targets, cfg))
 
     ctx.walk(process, stats=("hessian",))
-    return {"num_codebooks": M, "code_bits": M * nbits_per_codebook / group_size,
-            "error_vs_init": sum(reduction) / max(len(reduction), 1),
-            "relative_output_error": sum(relative) / max(len(relative), 1)}
+    out = {"num_codebooks": M, "code_bits": M * nbits_per_codebook / group_size,
+           "error_vs_init": sum(reduction) / max(len(reduction), 1),
+           "relative_output_error": sum(relative) / max(len(relative), 1)}
+    if tuned:
+        out.update(block_loss_init=[float(f"{t['loss_init']:.6g}") for t in tuned],
+                   block_loss_trained=[float(f"{t['loss_trained']:.6g}") for t in tuned])
+    return out
