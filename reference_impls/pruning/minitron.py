@@ -5,14 +5,14 @@ records `minitron`, `minitron-approach`.
 
 Implemented, for Llama-family decoders:
 - activation-based importance from one forward pass of the dense model over the calibration windows
-  (§2.2 of 2407.14679): MLP neurons from the activations entering `down_proj` (the paper's X·W₁ᵀ
-  after the gate), attention heads from the head outputs entering `o_proj`, embedding channels from
-  the outputs of every RMSNorm inside the blocks (input_layernorm and post_attention_layernorm),
-  summed over those norms;
-- aggregation of |activation| over the sequence by the mean and over the batch by the L2 norm, the
-  (batch: L2, seq: mean) pair the paper's ablation recommends and NVIDIA Model Optimizer's
-  `mcore_minitron` computes; a head's score is the L2 norm of its channels' scores (as there);
-  `mean`, `l2` and `var`, the aggregations the paper compares, are options of `aggregate`;
+  (2407.14679, "importance analysis"): MLP neurons from the hidden activations entering `down_proj`,
+  attention heads from the head outputs entering `o_proj`, embedding channels from the outputs of
+  every RMSNorm inside the blocks (input_layernorm and post_attention_layernorm), summed over those
+  norms — the hook points of NVIDIA Model Optimizer's `mcore_minitron` (the authors' released code);
+- aggregation of |activation| by the mean over the sequence, then the L2 norm over the batch, the
+  (batch: L2, seq: mean) pair the paper recommends and Model Optimizer computes; a head's score is the
+  L2 norm of its channels' scores, as there; `mean`, `l2` and `var`, the aggregations the paper
+  compares, are arguments of `channel_importance`;
 - depth importance of each layer: the calibration perplexity of the model with that one layer
   skipped (`ppl`, the paper's first metric), or Block Importance, 1 − cos(input, output) (`bi`,
   ShortGPT's metric, which the paper also evaluates and Model Optimizer uses);
@@ -20,7 +20,7 @@ Implemented, for Llama-family decoders:
   of MLP neurons and of query heads per KV group kept (a homogeneous architecture, as Minitron's
   exported configurations), and the same embedding channels kept in every layer, the embedding, the
   final norm and the (tied) LM head; the config updated so the pruned model saves and reloads;
-- retraining by logit-only distillation (§3 and best practice 6 of the paper): forward KL between the
+- retraining by logit-only distillation (the paper's recommended retraining): forward KL between the
   dense teacher's and the pruned student's next-token distributions at temperature 1, no cross-entropy
   term, through the `kd` method with alpha = 1 (its compressed-student path: the dense model reloaded
   as teacher, the pruned model trained in place, and the same pruned model trained for the same steps
