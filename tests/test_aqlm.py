@@ -175,3 +175,16 @@ def test_option_combinations():
         run_aqlm(tiny_ctx(), bits=3, nbits_per_codebook=9, group_size=6, beam_size=1, **rest)
     with pytest.raises(ValueError, match="--beam-size"):
         run_aqlm(tiny_ctx(), bits=2, nbits_per_codebook=8, group_size=8, beam_size=0, **rest)
+
+
+@pytest.mark.slow
+def test_two_bits_beat_rtn_perplexity_on_the_causal_lm():
+    """2x4 codebooks over groups of 4 (2.07 bits/weight), a short schedule, against RTN 2-bit g128 (2.14)."""
+    from reference_impls.common.runner import run_method
+
+    short = {"bits": 2, "nbits_per_codebook": 4, "group_size": 4, "rounds": 1, "max_steps": 10,
+             "kmeans_iters": 5}
+    a = run_method("aqlm", model="causal", calib_samples=16, eval_windows=16, options=short)
+    r = run_method("rtn", model="causal", eval_windows=16, options={"bits": 2, "group_size": 128})
+    assert a["bits_per_weight"] < r["bits_per_weight"]
+    assert a["metrics"]["perplexity"] < r["metrics"]["perplexity"], (a["metrics"], r["metrics"])

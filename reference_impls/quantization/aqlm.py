@@ -6,29 +6,36 @@ The weight W (out, in) is cut into groups of g consecutive input columns; a grou
 the sum of one vector from each of M codebooks C_1..C_M of 2^B vectors in R^g, times a per-output-channel
 scale s_i:  Ŵ_i,group j = s_i · Σ_m C_m[b_ijm].  Codes b and codebooks C minimise the calibration-weighted
 error ||WX − ŴX||² = tr((W − Ŵ) H (W − Ŵ)ᵀ) with H ∝ XXᵀ (the scale of H does not matter), alternating
-(Algorithm 1 of the paper): codebooks and scales by Adam on that objective with the codes fixed, then the
+as the paper does: codebooks and scales by Adam on that objective with the codes fixed, then the
 codes by beam search with the codebooks fixed (the paper's MRF over codes, searched group by group and
 codebook by codebook: for every row and every hypothesis in the beam, the exact change of the row's
 error for each of the 2^B candidate codes is computed from G = (W − Ŵ)H; the best `beam_size` codes per
 row survive). Initialisation: residual k-means of the scale-normalised groups, one codebook after another.
 
 Implemented (fidelity: simplified), with the conventions of the official code (Vahe1994/AQLM, `src/aq.py`,
-`src/beam_search_xtx.py`, `aq_engine.py`): scales = the L2 norm of each output row (`scale_nbits=0`),
-trained with the codebooks and stored in 16 bits; codebooks per layer, 16-bit values; k-means started
-from random groups, empty clusters keep their centroid; Adam(lr 1e-4, betas (0, 0.95), amsgrad) on the
-objective divided by out_features, one optimizer per layer kept across rounds; a round is `max_steps`
-Adam steps then one beam search whose group and codebook order is shuffled (seeded); stop when a round
-improves the objective by less than `tolerance` (the README's `relative_mse_tolerance=0.01`); the beam
-starts from the current codes, so a search never makes the objective worse. Default beam size 1 is the
-official command line's default (`--beam_size`); larger beams are supported. K-means runs `kmeans_iters`
-(official: 100) Lloyd iterations, stopping early when no assignment changes. Codebooks and scales are
-rounded to float16 before each beam search, so the final codes are chosen for the stored values and
-the weight the model uses is exactly their reconstruction.
-Not implemented: the block-level fine-tuning of codebooks, scales and norms on the block's outputs
-(the paper's second stage), PV-tuning, output groups > 1, quantized scales or codebook values
-(`scale_nbits`, `codebook_value_nbits`), and the lookup kernels (weights are stored de-quantized).
+`src/beam_search_xtx.py`, `src/kmeans.py`, `aq_engine.py`, `src/finetune.py`): scales = the L2 norm of
+each output row (`scale_nbits=0`), trained with the codebooks and stored in 16 bits; codebooks per
+layer, 16-bit values; k-means started from random groups, empty clusters keep their centroid;
+Adam(lr 1e-4, betas (0, 0.95), amsgrad) on the objective divided by out_features, one optimizer per
+layer kept across rounds; a round is `max_steps` Adam steps then one beam search whose group and
+codebook order is shuffled (seeded); stop when a round improves the objective by less than `tolerance`
+(the README's `relative_mse_tolerance=0.01`); the beam starts from the current codes, so a search never
+makes the objective worse. Codebooks and scales are rounded to float16 before each beam search, so the
+final codes are chosen for the stored values and the weight the model uses is exactly their
+reconstruction. Optional short block fine-tuning (`finetune_steps` > 0, the paper's second stage):
+after a block's linears are quantized, their codebooks and scales and the block's norm parameters are
+trained with the codes fixed to match the block's outputs before quantization on the same inputs.
+Sized for a CPU (say so when comparing): beam size 1 (the official command line's default; larger beams
+are supported), at most `rounds` = 4 rounds of 50 Adam steps (official: 100 steps per round until the
+tolerance stops it), 25 k-means iterations (official 100), fine-tuning for a few steps of the project's
+AdamW loop (betas 0.9/0.999; official: Adam betas 0.9/0.95 with lr 1e-5 over epochs with validation
+early stopping).
+Not implemented: PV-tuning, output groups > 1, quantized scales or codebook values (`scale_nbits`,
+`codebook_value_nbits`), the lookup kernels (weights are stored de-quantized).
 Storage: M·B code bits per group of g weights, M·2^B·g 16-bit codebook values per matrix and one
-16-bit scale per output row (`QuantizedWeight.estimate_nbits_per_parameter` of the official code).
+16-bit scale per output row (`QuantizedWeight.estimate_nbits_per_parameter` of the official code); on
+small matrices the codebooks cost much more than on a 7B model (2x8 over groups of 8: +0.61 bit/weight
+on the project's model, +0.004 on a 4096x4096 matrix, where the paper's 1x16 codebook adds 0.5).
 """
 
 from __future__ import annotations
