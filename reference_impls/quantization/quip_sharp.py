@@ -248,7 +248,7 @@ def quip_sharp_bits(n_out: int, n_in: int, *, bits: int) -> int:
         "scale_override": Option(0.0, "codebook scale: RMS(W̃) / this (0 = the codebook's opt_scale)"),
         "damp": Option(0.01, "dampening, as a fraction of mean diag(H)"),
     },
-    bench=[{"bits": 2}, {"bits": 2, "tune_iters": 0}, {"bits": 3}, {"bits": 4}],
+    bench=[{"bits": 2}, {"bits": 3}, {"bits": 4}, {"bits": 2, "tune_iters": 0}],
     bench_models=("causal",),
 )
 def run_quip_sharp(ctx, *, bits: int, tune_iters: int, scale_override: float, damp: float) -> dict:
