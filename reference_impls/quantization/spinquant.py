@@ -15,11 +15,13 @@ rotations are fused and the weights quantized by GPTQ (or RTN) as in QuaRot.
 
 Implemented (fidelity: simplified), with the official code's conventions (facebookresearch/SpinQuant):
 R₁ initialised to a random Hadamard (the same draw as `quarot` for the same seed), learning rate 1.5
-with cosine decay to 0, no momentum, the SGDG step size rule α = min(lr, 1/‖Y‖₁); during the
-optimisation the weights are RTN-quantized per output channel, symmetric (STE: identity gradient,
-scales not differentiated), activations and KV as at evaluation; the learned rotations are fused in
-float64. Quantizers are QuaRot's here (`common/rotation.py`): activations symmetric per token, clip 0.9;
-keys and values asymmetric per head and token, clip 0.95.
+with cosine decay to 0, no momentum, the SGDG step size rule α = min(lr, 1/‖Y‖₁); activations and KV
+quantized during the optimisation as at evaluation (STE: identity gradient, scales not
+differentiated); weights RTN-quantized per output channel, symmetric, with STE — except when GPTQ
+follows and activations or KV are quantized: then, as the official README prescribes (W16A4KV4
+rotations for W4A4KV4 GPTQ), the weights stay in float during the optimisation; the learned rotations
+are fused in float64. Quantizers are QuaRot's here (`common/rotation.py`): activations symmetric per
+token, clip 0.9; keys and values asymmetric per head and token, clip 0.95.
 Simplified, and how it differs from the official code:
 - the optimisation is short: `--max-steps` (default 100, the paper's count) of `--batch-size` 8
   windows cycled over `--calib-samples` calibration windows of the project's model (256 tokens), not
@@ -27,7 +29,10 @@ Simplified, and how it differs from the official code:
 - the Cayley step is solved exactly (a linear solve in float64) where SGDG runs 5 fixed-point
   iterations of it and re-orthonormalises by QR on 1 step in 101 at random;
 - R₂ starts at the plain Hadamard H̃_hd (QuaRot's per-head factor) where the official code draws a
-  random-sign Hadamard per layer, so that 0 steps is exactly QuaRot;
+  random-sign Hadamard per layer, so that 0 steps is QuaRot: values are quantized in the R₂ basis,
+  as `quarot` quantizes them in the H̃_hd basis, and with float weights the two models compute the
+  same (tested); with quantized weights they differ only in v_proj, whose rows carry R₂ here (fused
+  offline, as the QuaRot paper does) and not in `quarot.py` (which applies H̃_hd online to values);
 - the o_proj input keeps QuaRot's online Hadamard across heads (H_heads ⊗ I, commuting with
   diag(R₂)) and per-token activation scales; the official code drops it and quantizes that input in
   per-head groups instead;
@@ -117,12 +122,12 @@ def per_head(x: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     return (x.unflatten(-1, (-1, R2.shape[0])) @ R2).flatten(-2)
 
 
-def rotated_weights(base: dict, R1: torch.Tensor, R2s: list[torch.Tensor], heads: int) -> dict:
+def rotated_weights(base: dict, R1: torch.Tensor, R2s: list[torch.Tensor]) -> dict:
     """The weights of the rotated model from the norm-folded ones (`base`, (out, in), o_proj and
     down_proj with their online transforms already applied on the input side)."""
-    out = {"embed": base["embed"].to(R1.dtype) @ R1, "head": base["head"].to(R1.dtype) @ R1}  # E R₁, W R₁
+    out = {"embed": base["embed"].to(R1) @ R1, "head": base["head"].to(R1) @ R1}  # E R₁, W_head R₁
     for i, R2 in enumerate(R2s):
-        b = {name: w.to(R1.dtype) for name, w in base["layers"][i].items()}
+        b = {name: w.to(R1) for name, w in base["layers"][i].items()}  # R₁'s dtype and device
         layer = {name: b[name] @ R1 for name in READERS}  # readers: W R₁
         layer["self_attn.v_proj"] = per_head((b["self_attn.v_proj"] @ R1).t(), R2).t()  # R₂ᵀ W_v,h R₁
         layer["self_attn.o_proj"] = per_head(R1.t() @ b["self_attn.o_proj"], R2)  # R₁ᵀ W_o A diag(R₂)
@@ -175,7 +180,7 @@ class SpinModel:
 
     def params(self, R1, R2s, *, w_quant=None) -> dict[str, torch.Tensor]:
         """{parameter name: tensor} of the rotated model (for `functional_call` or `fuse`)."""
-        rot = rotated_weights(self.base, R1, R2s, self.heads)
+        rot = rotated_weights(self.base, R1, R2s)
         emb, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
         names = {id(p): n for n, p in self.model.named_parameters()}
         out = {names[id(emb.weight)]: rot["embed"], names[id(head.weight)]: rot["head"]}
@@ -211,9 +216,9 @@ def _windows(calibration: list[dict], batch_size: int) -> list[torch.Tensor]:
 
 
 def quantized_loss(spin: SpinModel, R1, R2s, ids: torch.Tensor, *, bits: int) -> torch.Tensor:
-    """Cross-entropy of the rotated network with STE-quantized weights (the activation and KV
-    quantizers set on the model)."""
-    w_quant = ste(partial(rtn_quantize, bits=bits, sym=True))
+    """Cross-entropy of the rotated network with STE-RTN weights at `bits` (16: float weights) and the
+    activation and KV quantizers set on the model."""
+    w_quant = None if bits == 16 else ste(partial(rtn_quantize, bits=bits, sym=True))
     params = spin.params(R1, R2s, w_quant=w_quant)
     return functional_call(spin.model, params, args=(), kwargs={"input_ids": ids, "labels": ids}).loss
 
@@ -269,9 +274,10 @@ def mean_quantized_loss(spin: SpinModel, batches, *, bits: int, device, max_wind
         "kv_clip": Option(0.95, "key/value clip ratio"),
         "inject_outliers": Option(0.0, "stress test: scale 4 hidden channels by this factor (0 = off)"),
     },
-    bench=[
-        {}, {"weight_quant": "rtn"}, {"inject_outliers": 30.0},
-        {"a_bits": 16, "kv_bits": 16, "bits": 3}, {"a_bits": 16, "kv_bits": 16, "bits": 2},
+    bench=[  # 32 steps x 4 windows: one pass over the 128 calibration windows (CPU-sized)
+        {**short, **row} for short in [{"max_steps": 32, "batch_size": 4}] for row in (
+            {}, {"max_steps": 0}, {"weight_quant": "rtn"}, {"inject_outliers": 30.0},
+            {"a_bits": 16, "kv_bits": 16, "bits": 3}, {"a_bits": 16, "kv_bits": 16, "bits": 2})
     ],
     bench_models=("causal",),
 )
@@ -287,10 +293,13 @@ def run_spinquant(ctx, *, bits, a_bits, kv_bits, weight_quant, max_steps, time_b
     spin = SpinModel(ctx.model, ctx.adapter, seed=ctx.seed)
     batches = _windows(ctx.calibration, batch_size)
     spin.set_quantizers(a_bits=a_bits, a_clip=a_clip, kv_bits=kv_bits, kv_clip=kv_clip)
-    loss_init = mean_quantized_loss(spin, batches, bits=bits, device=ctx.device)
-    result = optimize_rotations(spin, batches, bits=bits, max_steps=max_steps,
+    # the official recipe: before GPTQ of a network whose activations are quantized, the rotations
+    # are learned with float weights (W16A4KV4); otherwise with the RTN weights they will have
+    train_bits = 16 if weight_quant == "gptq" and (a_bits < 16 or kv_bits < 16) else bits
+    loss_init = mean_quantized_loss(spin, batches, bits=train_bits, device=ctx.device)
+    result = optimize_rotations(spin, batches, bits=train_bits, max_steps=max_steps,
                                 time_budget=time_budget or None, lr=lr, device=ctx.device)
-    loss_final = loss_init if not result.steps else mean_quantized_loss(spin, batches, bits=bits,
+    loss_final = loss_init if not result.steps else mean_quantized_loss(spin, batches, bits=train_bits,
                                                                         device=ctx.device)
     spin.fuse()
     spin.set_quantizers(a_bits=16, a_clip=a_clip, kv_bits=16, kv_clip=kv_clip)  # GPTQ sees float inputs
@@ -299,7 +308,7 @@ def run_spinquant(ctx, *, bits, a_bits, kv_bits, weight_quant, max_steps, time_b
     ortho = max((R.t() @ R - torch.eye(R.shape[0], dtype=R.dtype)).abs().max().item()
                 for R in [spin.R1, *spin.R2s])
     return {"outlier_channels_injected": len(injected), "w_bits": bits, "a_bits": a_bits, "kv_bits": kv_bits,
-            "calib_loss_init": loss_init, "calib_loss_final": loss_final,
+            "calib_loss_init": loss_init, "calib_loss_final": loss_final, "rotation_w_bits": train_bits,
             "rotation_orthogonality_error": ortho,
             "calib_windows": sum(b.shape[0] for b in batches), **result.summary("rotation")}
 
