@@ -12,7 +12,7 @@ the per-column rank-1 updates inside a block are themselves batched in sub-block
 multiple of M for N:M; the same algebra, fewer passes over memory), and a block's adaptive mask is a
 selection (`kthvalue`), not the official code's full sort; masks and weights agree with a plain
 transcription of the official loop (tests/test_sparsegpt_speed.py). Joint quantization
-(`bits`) uses GPTQ's column grid (`reference_impls.quantization.gptq.ColumnGrid`): the group's scale
+(`bits`) uses GPTQ's column grid (`reference_impls.common.int_grid.ColumnGrid`): the group's scale
 and zero taken when the sweep reaches the group's first column, the whole-row grid from the weight
 before dead columns are zeroed, as GPTQ (and the official SparseGPT code) does.
 Deviation: each adaptive block prunes exactly ⌊count·sparsity⌋ weights (the official threshold
@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from reference_impls.common.hessian import inverse_hessian_cholesky
+from reference_impls.common.int_grid import ColumnGrid
 from reference_impls.common.pruning import check_nm, check_sparsity, global_mask
-from reference_impls.quantization.gptq import ColumnGrid
 
 SUB_BLOCK = 16  # columns per inner lazy batch inside a block of `block_size` (as in the GPTQ core)
 

@@ -6,7 +6,7 @@ Implemented (fidelity: exact): Algorithm 1 of the paper, the lazy-batch Cholesky
 the conventions of the official code (IST-DASLab/gptq, `GPTQ.fasterquant`): dead inputs
 (H[d,d] = 0) get H[d,d] = 1 and W[:, d] = 0; damping λ = damp · mean(diag H); H⁻¹ through a Cholesky
 factorisation, then its upper Cholesky factor U, whose rows drive the updates; per-row min-max grids
-(rtn.minmax_params) computed from the whole original row for group_size = -1, and otherwise when the
+(common.int_grid.minmax_params) from the whole original row for group_size = -1, otherwise when the
 loop reaches a group's first column, from W as the previous blocks left it (not the in-block working
 copy); act-order (columns by decreasing H[d,d], groups consecutive in that order); static groups
 (all group grids from the weights before any update, indexed by original column).
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from reference_impls.common.hessian import add_damping, inverse_upper_cholesky, mark_dead_inputs
+from reference_impls.common.int_grid import ColumnGrid, fake_quantize, minmax_params
 from reference_impls.common.registry import Option, register
-from reference_impls.common.storage import group_width, n_groups, quantized_bits
-from reference_impls.quantization.rtn import fake_quantize, minmax_params
+from reference_impls.common.storage import n_groups, quantized_bits
 
 SUB_BLOCK = 16  # columns per inner lazy batch inside a block of `block_size`
 
@@ -41,34 +41,6 @@ class GPTQResult:
     zero: torch.Tensor  # (out, n_groups)
     g_idx: torch.Tensor  # (in,) group of each original input column
     loss: float  # Σ (w - q)² / [U]_qq² / 2, the official code's error estimate
-
-
-class ColumnGrid:
-    """The grid of the column GPTQ's sweep is at (shared with SparseGPT's joint quantization).
-
-    Without groups: one grid per row from the whole original weight (the official code fits it
-    before zeroing dead columns). With groups: a grid fitted when the sweep reaches a group's first
-    column, from `W` as the previous blocks left it (the official code reads W, not the in-block
-    working copy); consecutive in the sweep's (possibly permuted) order."""
-
-    def __init__(self, weight: torch.Tensor, *, bits: int, group_size: int, sym: bool):
-        self.bits, self.sym, self.maxq = bits, sym, 2**bits - 1
-        self.width = group_width(group_size, weight.shape[1])
-        self.grouped = self.width < weight.shape[1]
-        self.scale, self.zero = minmax_params(weight, bits=bits, sym=sym)  # (out,)
-        self.scales, self.zeros = ([], []) if self.grouped else ([self.scale], [self.zero])
-
-    def at(self, col: int, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, zero) of column `col`, W (out, in) in the sweep's column order."""
-        if self.grouped and col % self.width == 0:
-            self.scale, self.zero = minmax_params(W[:, col : col + self.width], bits=self.bits, sym=self.sym)
-            self.scales.append(self.scale)
-            self.zeros.append(self.zero)
-        return self.scale, self.zero
-
-    def quantize(self, w: torch.Tensor, col: int, W: torch.Tensor) -> torch.Tensor:
-        """The de-quantized column w (out,) on the grid of column `col`."""
-        return fake_quantize(w, *self.at(col, W), self.maxq)
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = -1,

@@ -24,9 +24,10 @@ import math
 import torch
 
 from reference_impls.common.hessian import add_damping, inverse_upper_cholesky, mark_dead_inputs
+from reference_impls.common.int_grid import fake_quantize, minmax_params
 from reference_impls.common.registry import Option, register
 from reference_impls.common.storage import quantized_bits
-from reference_impls.quantization.rtn import fake_quantize, minmax_params, rtn_quantize
+from reference_impls.quantization.rtn import rtn_quantize
 
 INDEX_BITS = 16
 

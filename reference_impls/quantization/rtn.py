@@ -12,8 +12,8 @@ containing 0; symmetric with `scale = 2·max|w|/maxq` and the fixed zero `(maxq+
 Not implemented: the paper's float / dynamic-exponent / quantile data types and its outlier-dependent
 block sizes, and MSE-optimal clipping (`mse=True` in the official code).
 
-The grid functions here (`minmax_params`, `fake_quantize`) are the single grid that GPTQ and other
-quantizers in this package reuse.
+The grid functions (`minmax_params`, `fake_quantize`) live in `reference_impls.common.int_grid`, the
+single grid that GPTQ and the other quantizers in this package round onto.
 """
 
 from __future__ import annotations
@@ -22,36 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from reference_impls.common.int_grid import fake_quantize, minmax_params
 from reference_impls.common.registry import Option, register
 from reference_impls.common.storage import group_width
-
-
-def minmax_params(w: torch.Tensor, *, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (scale, zero) of a min-max grid for `w` (rows, cols); both (rows,)."""
-    maxq = 2**bits - 1
-    zeros = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    xmin = torch.minimum(w.min(1).values, zeros)  # the grid always represents 0 exactly
-    xmax = torch.maximum(w.max(1).values, zeros)
-    if sym:
-        xmax = torch.maximum(xmin.abs(), xmax)
-        # As in the official code: only rows with a negative entry get a range symmetric around 0.
-        xmin = torch.where(xmin < 0, -xmax, xmin)
-    empty = (xmin == 0) & (xmax == 0)
-    xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
-    xmax = torch.where(empty, torch.ones_like(xmax), xmax)
-    scale = (xmax - xmin) / maxq
-    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
-    return scale, zero
-
-
-def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """Integer codes in [0, maxq]; `scale`/`zero` broadcast against `w`."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-
-
-def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """Quantize then de-quantize: the value the layer computes with, scale · (q − zero)."""
-    return scale * (quantize_int(w, scale, zero, maxq) - zero)
 
 
 @dataclass
