@@ -52,6 +52,14 @@ def test_dequantize_by_hand():
     assert dequantize(codes, codebooks, scales).tolist() == [[15.5, 21.0, 6.5, 12.0]]
 
 
+def test_objective_is_the_output_error():
+    gen = torch.Generator().manual_seed(0)
+    W, Q, X = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+               for shape in ((5, 12), (5, 12), (40, 12)))
+    direct = float((X @ W.T - X @ Q.T).pow(2).sum())  # ||WX − ŴX||² with X as (tokens, in)
+    assert float(objective(W, Q, X.T @ X)) == pytest.approx(direct, rel=1e-12)
+
+
 def test_kmeans_two_clear_clusters():
     pts = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
     C, codes = kmeans(pts, 2, iters=10, generator=torch.Generator().manual_seed(0))
