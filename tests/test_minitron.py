@@ -196,10 +196,12 @@ def test_importance_beats_random_choice_on_the_project_lm():
 
 @pytest.mark.slow
 def test_kd_after_pruning_beats_cross_entropy_for_the_same_steps():
+    """The project LM pruned by a quarter of its width, then 15 steps: logit-only KD from the dense model
+    ends closer to it (held-out KL) and lower in perplexity than CE alone on the same windows."""
     from reference_impls.common.runner import run_method
 
     rec = run_method("minitron", model="causal", eval_windows=8, calib_samples=16,
-                     options={"max_steps": 20, "axis": "width", "ratio": 0.25})
+                     options={"max_steps": 15, "batch_size": 4, "axis": "width", "ratio": 0.25})
     m = rec["metrics"]
     assert m["heldout_kl"] < m["heldout_kl_no_distill"]
     assert m["perplexity"] < m["perplexity_no_distill"] < m["perplexity_pruned"]
