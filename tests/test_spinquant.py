@@ -171,8 +171,8 @@ def test_entry_on_tiny_model_and_bad_options():
 def test_spinquant_on_the_causal_model_with_injected_outliers():
     from reference_impls.common.runner import run_method
 
-    opts = {"weight_quant": "rtn", "inject_outliers": 30.0, "max_steps": 4, "batch_size": 4}
-    out = run_method("spinquant", options=opts, calib_samples=16, eval_windows=4)
+    opts = {"weight_quant": "rtn", "inject_outliers": 30.0, "max_steps": 4, "batch_size": 2}
+    out = run_method("spinquant", options=opts, calib_samples=8, eval_windows=4)
     m = out["metrics"]
     assert m["outlier_channels_injected"] == 4 and m["rotation_steps"] == 4
     assert m["calib_loss_final"] < m["calib_loss_init"]
