@@ -164,6 +164,21 @@ def test_storage_arithmetic_by_hand():
     assert ledger.bits_per_weight() == pytest.approx(8 + 24 / 8)
     assert ledger.model_bits(total_params=100) == 4 * 8 * 8 + 4 * 24 + 68 * 16
     assert math.isclose(storage.StorageLedger().bits_per_weight(), 16.0)
+    # structured pruning: a 4x8 matrix cut to 4x5 and a removed 4x8 one; the model now holds 20 + 48
+    # other parameters, and none of the 32 + 32 dense weights may be counted a second time
+    ledger = storage.StorageLedger()
+    ledger.add("cut", 32, 20 * 16, held=20)
+    ledger.add("gone", 32, 0, held=0)
+    assert ledger.model_bits(total_params=20 + 48) == 20 * 16 + 48 * 16
+
+
+def test_structured_pruners_store_every_remaining_weight_once():
+    # weight_bytes of a pruned model at 16 bits is twice its parameter count (was negative for minitron)
+    from reference_impls.common.runner import run_method
+
+    for name, options in (("shortgpt", {"n_remove": 2}), ("slicegpt", {"sparsity": 0.25})):
+        rec = run_method(name, model="causal", eval_windows=2, calib_samples=4, options=options)
+        assert rec["metrics"]["weight_bytes"] == 2 * rec["params"], name
 
 
 def test_registry_lists_rtn_and_gptq_with_their_papers():

@@ -150,14 +150,14 @@ def apply_stages(ctx, methods: list, per_method: list[dict[str, Any]]) -> tuple[
         stage_time = time.perf_counter() - t0
         rules: dict[str, int] = {}
         for name, new in ctx.ledger.layers.items():
-            new_parts = ctx.ledger.parts.get(name)
+            new_parts, held = ctx.ledger.parts.get(name), ctx.ledger.held[name]  # the latest stage's view
             if name in total.layers:
                 entry, parts, rule = merge_entry(total.layers[name], total.parts.get(name), new, new_parts,
                                                  snapshot.get(name), _weight(ctx.model, name))
                 rules[rule] = rules.get(rule, 0) + 1
             else:
                 entry, parts = new, new_parts
-            total.add(name, *entry, parts=parts)
+            total.add(name, *entry, parts=parts, held=held)
         stages.append({"method": m.name, "options": dict(kwargs), "time_s": stage_time,
                        "bits_per_weight": ctx.ledger.bits_per_weight(), "ledger_merge": rules,
                        "metrics": metrics})

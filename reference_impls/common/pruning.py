@@ -102,4 +102,5 @@ def dense_linear_sizes(ctx) -> dict[str, int]:
 def record_structured(ctx, dense_sizes: dict[str, int]) -> None:
     """Ledger: each block linear at 16 bits per remaining weight, over its original size."""
     for name, m in block_linears(ctx.model, ctx.adapter):
-        ctx.ledger.add(name, dense_sizes.get(name, m.weight.numel()), m.weight.numel() * 16)
+        ctx.ledger.add(name, dense_sizes.get(name, m.weight.numel()), m.weight.numel() * 16,
+                       held=m.weight.numel())

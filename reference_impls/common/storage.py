@@ -87,12 +87,18 @@ class StorageLedger:
 
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (n_weights, bits)
     parts: dict[str, Parts] = field(default_factory=dict)  # name -> its breakdown, where known
+    # name -> parameters of the entry the model still holds: n_weights, except after structured pruning
+    # (a smaller matrix, or none) — what `model_bits` must not count a second time as dense
+    held: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, n_weights: int, bits: int, *, value_bits: int | None = None,
-            parts: Parts | None = None) -> None:
+            parts: Parts | None = None, held: int | None = None) -> None:
         """`value_bits`: every one of the `n_weights` is stored at this width, the rest of `bits` is
-        overhead (scales, zeros); or the breakdown as `parts`. Either lets a composition combine it."""
+        overhead (scales, zeros); or the breakdown as `parts`. Either lets a composition combine it.
+        `held`: the parameters of this entry left in the model (default `n_weights`; a structurally
+        pruned matrix holds fewer, a removed layer none)."""
         self.layers[name] = (n_weights, bits)
+        self.held[name] = n_weights if held is None else held
         if parts is None and value_bits is not None:
             parts = Parts(n_weights, value_bits, 0, bits - n_weights * value_bits)
         if parts is not None:
@@ -146,5 +152,6 @@ class StorageLedger:
         return self.bits / self.n_weights if self.n_weights else float(DENSE_BITS)
 
     def model_bits(self, total_params: int) -> int:
-        """All parameters: ledger entries at their cost, everything else dense."""
-        return self.bits + (total_params - self.n_weights) * DENSE_BITS
+        """All parameters: ledger entries at their cost, everything else dense. `total_params` counts
+        the model as it is now, so the entries' parameters it still holds are taken out of it."""
+        return self.bits + (total_params - sum(self.held.values())) * DENSE_BITS

@@ -211,7 +211,7 @@ def record_ledger(ctx, dense: dict[int, dict[str, int]], kept_layers: list[int])
     for name, m in block_linears(ctx.model, ctx.adapter):
         idx, rest = name[len(path) + 1 :].split(".", 1)  # "model.layers.3.mlp.up_proj" -> "3", "mlp.up_proj"
         ctx.ledger.add(name, dense[kept_layers[int(idx)]][rest], m.weight.numel() * 16,
-                       parts=Parts(m.weight.numel(), 16))
+                       parts=Parts(m.weight.numel(), 16), held=m.weight.numel())
 
 
 @register(
@@ -271,5 +271,5 @@ def run_minitron(ctx, *, ratio, axis, depth_metric, max_steps, time_budget, lr, 
     # ledger's names as modules of the pruned model)
     for i in shape["removed_layers"]:
         for rest, n in dense[i].items():
-            ctx.ledger.add(f"removed.layers.{i}.{rest}", n, 0, parts=Parts(0, 16))
+            ctx.ledger.add(f"removed.layers.{i}.{rest}", n, 0, parts=Parts(0, 16), held=0)
     return out

@@ -113,7 +113,7 @@ def run_shortgpt(ctx, *, n_remove: int) -> dict:
     remove_blocks(ctx.model, drop)
     for i, layer_sizes in enumerate(sizes):
         for name, n in layer_sizes.items():
-            ctx.ledger.add(f"{path}.{i}.{name}", n, 0 if i in drop else n * 16)
+            ctx.ledger.add(f"{path}.{i}.{name}", n, 0 if i in drop else n * 16, held=0 if i in drop else n)
     out = {
         "removed_layers": drop,
         "block_influence": [round(float(b), 6) for b in influence],

@@ -209,7 +209,8 @@ def run_slicegpt(ctx, *, sparsity: float) -> dict:
     record_structured(ctx, sizes)
     for i, layer in enumerate(decoder_layers(ctx.model)):  # the residual changes of basis are stored too
         for name in ("attn_shortcut", "mlp_shortcut"):
-            ctx.ledger.add(f"{ctx.adapter.blocks_path}.{i}.{name}", 0, getattr(layer, name).numel() * 16)
+            n = getattr(layer, name).numel()
+            ctx.ledger.add(f"{ctx.adapter.blocks_path}.{i}.{name}", 0, n * 16, held=n)
     return {
         "hidden_size": width,
         "sliced_hidden_size": d,
