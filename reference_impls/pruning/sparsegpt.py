@@ -65,34 +65,36 @@ def sparsegpt_prune(
     sub = SUB_BLOCK if not prune_n else prune_m * -(-SUB_BLOCK // prune_m)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()  # (out, B) working copy, updated as the sweep goes
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        # the block transposed, (B, out): the sweep reads and updates one column of W at a time, which
+        # is a contiguous row here (a strided column in W's layout cost ~15% on 2:4 at 4096 inputs)
+        WT = W[:, i1:i2].t().contiguous()
+        ErrT = torch.empty_like(WT)
+        QT = torch.empty_like(WT) if grid is not None else None
         Hinv1 = Hinv[i1:i2, i1:i2]  # (B, B)
         d1 = torch.diag(Hinv1)  # (B,)
         if prune_n:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            maskT = torch.zeros_like(WT, dtype=torch.bool)
         else:
-            mask1 = global_mask(W1**2 / d1.reshape(1, -1) ** 2, sparsity)  # adaptive mask for the block
+            maskT = global_mask(WT**2 / d1.reshape(-1, 1) ** 2, sparsity)  # adaptive mask for the block
         for s1 in range(0, i2 - i1, sub):
             s2 = min(s1 + sub, i2 - i1)
             for i in range(s1, s2):
-                w = W1[:, i]  # (out,)
                 if prune_n and i % prune_m == 0:
-                    score = W1[:, i : i + prune_m] ** 2 / d1[i : i + prune_m].reshape(1, -1) ** 2  # (out, M)
-                    mask1.scatter_(1, i + torch.topk(score, prune_n, dim=1, largest=False).indices, True)
-                q = w.masked_fill(mask1[:, i], 0)
-                if grid is not None:
-                    q = grid.quantize(q, i1 + i, W)
-                Q1[:, i] = q
-                err1 = (w - q) / Hinv1[i, i]  # (out,)
-                W1[:, i:s2].addr_(err1, Hinv1[i, i:s2], alpha=-1)  # Algorithm 1, within the sub-block
-                Err1[:, i] = err1
+                    score = WT[i : i + prune_m] ** 2 / d1[i : i + prune_m].reshape(-1, 1) ** 2  # (M, out)
+                    maskT.scatter_(0, i + torch.topk(score, prune_n, dim=0, largest=False).indices, True)
+                w = WT[i]  # (out,)
+                if grid is None:
+                    err1 = w * maskT[i] / Hinv1[i, i]  # (w - q)/[U]_ii with q = w kept, 0 pruned
+                else:
+                    QT[i] = grid.quantize(w.masked_fill(maskT[i], 0), i1 + i, W)
+                    err1 = (w - QT[i]) / Hinv1[i, i]
+                WT[i + 1 : s2].addr_(Hinv1[i, i + 1 : s2], err1, alpha=-1)  # Algorithm 1, in the sub-block
+                ErrT[i] = err1
             # the sub-block's errors reach the block's later columns in one matmul (same algebra as a
             # rank-1 update per column, as in the GPTQ core)
-            W1[:, s2:].addmm_(Err1[:, s1:s2], Hinv1[s1:s2, s2:], alpha=-1)
-        W[:, i1:i2] = Q1
-        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # lazy update of all later columns
+            WT[s2:].addmm_(Hinv1[s1:s2, s2:].t(), ErrT[s1:s2], alpha=-1)
+        W[:, i1:i2] = (WT.masked_fill_(maskT, 0) if grid is None else QT).t()
+        W[:, i2:].addmm_(ErrT.t(), Hinv[i1:i2, i2:], alpha=-1)  # lazy update of all later columns
     return W.to(weight.dtype)
 
 
