@@ -49,7 +49,7 @@ OPTIONS = {
     "student_layers": Option(2, "decoder layers of the student"),
     "student_hidden": Option(64, "hidden size of the student (multiple of 32)"),
     "n_train": Option(2000, "few-shot training prompts (each its own mapping)"),
-    "max_steps": Option(600, "training steps of the student (the baseline runs as many)"),
+    "max_steps": Option(2000, "training steps of the student (the baseline runs as many)"),
     "time_budget": Option(0.0, "wall-clock limit of the student's training in seconds (0 = none)"),
     "lr": Option(3e-3, "peak learning rate (AdamW, warm-up then cosine)"),
     "batch_size": Option(32, "prompts per step"),
