@@ -11,18 +11,18 @@ Three pieces, as in the paper and the official code (Cornell-RelaxML/quip-sharp,
 2. The E8P ("E8 padded") codebook, 2 bits per weight: 2^16 points of E8 + 1/4 in 8 dimensions. Source set
    A: the 227 absolute values of D̂8 = D8 + 1/2 points with ‖x‖² ≤ 10, plus 29 of norm² 12 (entries 3/2 and
    1/2; the paper does not list which, these are the official ones) = 256. Codebook = {σ(a) ± 1/4 : a ∈ A,
-   σ a sign pattern with Σσ(a) even}: 256 · 2^7 sign patterns · 2 shifts = 2^16 (section 4.2). Decoding
+   σ a sign pattern with Σσ(a) even}: 256 · 2^7 sign patterns · 2 shifts = 2^16. Decoding
    a 16-bit code: abs index (8 bits) | shift (1 bit) | 7 signs, the 8th sign set by the parity (our bit
    layout; the official one interleaves the signs for its kernel). Nearest point, exact: for each shift and
    each a ∈ A the best signs are those of the input, and when their parity is wrong the cheapest single
    flip (cost 4 min_i |y_i| a_i) — 256 candidates instead of 65,536, tested equal to brute force.
-3. Block LDLQ (section 4.1, "BlockLDLQ"): H̃ = L D Lᵀ with L unit lower block-triangular in 8 × 8 blocks;
+3. BlockLDLQ, the vector form of LDLQ: H̃ = L D Lᵀ with L unit lower block-triangular in 8 × 8 blocks;
    groups of 8 columns, last to first as the official code does, Ŵ_k = Q(W_k + (W_{>k} − Ŵ_{>k}) L_{>k,k}),
    Q the nearest codebook point per row. Then `tune_iters` passes of block coordinate descent
    Ŵ_k ← Q(Ŵ_k + (W − Ŵ) H_{:,k} H_kk⁻¹) (the official `quip_tune_iters`, default 10).
 4. One scale per layer (the paper's choice): W̃ is divided by RMS(W̃) / opt_scale (E8P 1.03, the official
    value; `scale_override` replaces it, e.g. 0.9 as in the official Llama-2 example), stored as float16.
-3 and 4 bits: residual vector quantization (section 4.3) as in the official code: the E8P point, then the
+3 and 4 bits: residual vector quantization (RVQ) as in the official code: the E8P point, then the
 residual × 2.04 rounded to "E8P1B" (the 256 E8 points of norm² ≤ 2 and 15 of ±2e_i, 8 bits; opt_scale 0.98)
 for 3 bits, or the residual × 3.45 rounded to E8P again for 4 bits: 24 or 32 bits per 8 weights.
 
