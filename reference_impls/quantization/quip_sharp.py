@@ -1,7 +1,7 @@
 """QuIP#: "QuIP#: Even Better LLM Quantization with Hadamard Incoherence and Lattice Codebooks" (Tseng,
 Chee, Sun, Kuleshov, De Sa; arXiv 2402.04396, ICML 2024); catalog record `quip-sharp`.
 
-Three pieces, as in the paper and the official code (Cornell-RelaxML/quip-sharp, `lib/algo/quip.py`,
+Four pieces, as in the paper and the official code (Cornell-RelaxML/quip-sharp, `lib/algo/quip.py`,
 `lib/codebook/latticee8_padded12*.py`):
 
 1. Randomized Hadamard transform (RHT) incoherence processing: W̃ = Q_outᵀ W Q_in, H̃ = Q_inᵀ H Q_in with
@@ -23,7 +23,7 @@ Three pieces, as in the paper and the official code (Cornell-RelaxML/quip-sharp,
 4. One scale per layer (the paper's choice): W̃ is divided by RMS(W̃) / opt_scale (E8P 1.03, the official
    value; `scale_override` replaces it, e.g. 0.9 as in the official Llama-2 example), stored as float16.
 3 and 4 bits: residual vector quantization (RVQ) as in the official code: the E8P point, then the
-residual × 2.04 rounded to "E8P1B" (the 256 E8 points of norm² ≤ 2 and 15 of ±2e_i, 8 bits; opt_scale 0.98)
+residual × 2.04 rounded to "E8P1B" (the 241 E8 points of norm² ≤ 2 and 15 of ±2e_i: 8 bits; scale 0.98)
 for 3 bits, or the residual × 3.45 rounded to E8P again for 4 bits: 24 or 32 bits per 8 weights.
 
 Storage (the ledger): the codes (16/24/32 bits per 8 weights), the two sign vectors at 1 bit per entry
