@@ -26,6 +26,12 @@ computed once without gradients. Not here: Multitask-ICT (tuning on the target t
 LAMA / CrossFit benchmarks and pre-trained GPT-2-family models; the LM objective is applied to the
 demonstration text of the same prompts. The paper's body was not readable in this session (only its
 abstract), so the α / β / T defaults are this module's choices, not the paper's.
+
+Measured (results/icl-distill.json, distillation/README.md): the teacher (0.43 M) answers 100% of held-out
+4- and 8-shot prompts, but in 2000 steps neither student (0.11 M) learns to read the demonstrations: both
+stay near the 1/k "copy a shown output" reference. At 4 shots the distilled student is ahead (0.296 vs
+0.244), at 8 shots it is not (0.100 vs 0.114): the few-shot ability itself is not transferred at this
+scale, which is why no test asserts a few-shot accuracy gain (the slow test checks held-out KL instead).
 """
 
 from __future__ import annotations
