@@ -135,8 +135,9 @@ def test_atlas_run_icl_distill_end_to_end_and_the_student_is_closer_to_its_teach
     """A tiny run through the CLI. With a teacher this small (a few seconds of in-context tuning) the
     few-shot accuracies are near chance, so the model-level claim checked here is the issue's "closer
     to the teacher": held-out KL(teacher ‖ student) of the answer distribution below the baseline's.
-    Whether distillation beats the baseline on few-shot accuracy is measured by `atlas bench icl-distill`
-    (results/icl-distill.json; the README says where it does and where not)."""
+    This holds for a near-uniform tiny teacher; with the bench's sharp 100%-accurate teacher the held-out
+    KL is about equal (2.11 vs 2.12) and the few-shot accuracies are measured by `atlas bench icl-distill`
+    (results/icl-distill.json; distillation/README.md says where distillation wins and where not)."""
     env = dict(os.environ, ATLAS_CACHE=str(tmp_path), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     atlas = str(Path(sys.executable).with_name("atlas"))
     cmd = [atlas, "run", "icl-distill", "--json", "--eval-windows", "2", "--shots", "3",
