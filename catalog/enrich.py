@@ -55,6 +55,9 @@ NOT_A_VENUE = re.compile(r"arxiv|biorxiv|medrxiv|ssrn|zenodo|research square|pre
                          r"|repository|dblp", re.I)
 
 
+_FINDINGS = re.compile(r"^findings\b.*?(?:\b(acl|emnlp|naacl|eacl|aacl(?:-ijcnlp)?)\b.*)?$", re.I)
+
+
 class MetadataError(Exception):
     """A lookup failed: unknown id (`network` False) or no answer from the service (`network` True)."""
 
@@ -257,8 +260,12 @@ def venue_of(work: dict) -> str | None:
         name = _one_line(source.get("display_name"))
         if not name or source.get("type") == "repository" or NOT_A_VENUE.search(name):
             continue
-        short = next((v for k, v in VENUE_ABBREVIATIONS.items() if k in name.lower()), name)
         year = work.get("publication_year")
+        findings = _FINDINGS.search(name)
+        if findings:  # "Findings of the Association for Computational Linguistics: EMNLP 2023"
+            conf = findings.group(1) or "ACL"
+            return f"{conf.upper()} {year or ''}".strip() + " (Findings)"
+        short = next((v for k, v in VENUE_ABBREVIATIONS.items() if k in name.lower()), name)
         return f"{short} {year}" if year and str(year) not in short else short
     return None
 

@@ -54,6 +54,18 @@ def _record_id(rid: str) -> str:
 _NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+_VENUE_KIND = re.compile(r"\b(findings|workshops?)\b", re.IGNORECASE)
+
+
+def _venue_form(text: str) -> str:
+    """One spelling for a Findings or workshop acceptance, so that lists and filters agree."""
+    kind = _VENUE_KIND.search(text)
+    if kind and not text.endswith(("(Findings)", "(Workshop)")):
+        word = "Findings" if kind.group(1).lower() == "findings" else "Workshop"
+        raise ValueError(f"write a {word} acceptance as 'CONF YEAR ({word})', e.g. 'ACL 2024 ({word})'")
+    return text
+
+
 def _one_line(limit: int):
     def check(text: str) -> str:
         bad = _NOT_ONE_LINE.search(text)
@@ -140,7 +152,7 @@ class Record(BaseModel):
     title: Annotated[str, _one_line(300)] = Field(min_length=3)
     authors: list[Annotated[str, _one_line(100)]] = Field(min_length=1)
     year: int = Field(ge=1950, le=2100)
-    venue: Annotated[str, _one_line(100)] | None = None
+    venue: Annotated[str, _one_line(100), AfterValidator(_venue_form)] | None = None
     arxiv: str | None = None
     url: Annotated[HttpUrl, BeforeValidator(_link)]  # strict: catalog.urls
     code: Annotated[HttpUrl | None, BeforeValidator(_link)] = None

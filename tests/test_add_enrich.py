@@ -461,3 +461,17 @@ def test_http_cache_hit_makes_no_request(tmp_path):
     stale = CachedSession(tmp_path, max_age=0)
     stale.get(url)
     assert len(responses.calls) == 3
+
+
+def test_openalex_findings_venues_become_the_catalog_spelling():
+    from catalog.enrich import venue_of
+
+    def work(name, year=2023):
+        return {"primary_location": {"source": {"display_name": name, "type": "conference"}},
+                "publication_year": year}
+
+    assert venue_of(work("Findings of the Association for Computational Linguistics: EMNLP 2023")) == \
+        "EMNLP 2023 (Findings)"
+    assert venue_of(work("Findings of the Association for Computational Linguistics: ACL 2023")) == \
+        "ACL 2023 (Findings)"
+    assert venue_of(work("International Conference on Learning Representations")) == "ICLR 2023"

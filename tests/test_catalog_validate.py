@@ -112,6 +112,18 @@ def test_unquoted_arxiv_id_is_refused(tmp_path):
     assert "beta.yaml:6: arxiv: arXiv id must be a quoted string" in single_error(tmp_path)
 
 
+def test_findings_and_workshop_venues_have_one_spelling(tmp_path):
+    two_good(tmp_path)
+    good = beta_text()
+    for bad, word in (("EMNLP Findings 2023", "Findings"), ("Findings of ACL 2024", "Findings"),
+                      ("ICML 2024 Workshop on ES-FoMo", "Workshop")):
+        (tmp_path / "beta.yaml").write_text(good.replace("venue: ICLR 2023", f"venue: {bad}"))
+        line = single_error(tmp_path)
+        assert f"venue: write a {word} acceptance as 'CONF YEAR ({word})'" in line, line
+    (tmp_path / "beta.yaml").write_text(good.replace("venue: ICLR 2023", "venue: EMNLP 2023 (Findings)"))
+    assert validate(tmp_path)[0] == 0
+
+
 def test_related_unknown_id(tmp_path):
     two_good(tmp_path)
     (tmp_path / "beta.yaml").write_text(beta_text(related="[alpah]"))
