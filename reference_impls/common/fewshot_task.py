@@ -28,14 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
-import torch
 
 from reference_impls.common import synthetic_task as st
 
@@ -142,34 +136,13 @@ class IclTeacherSpec:
         return rows
 
 
-def _load(path: Path, model) -> dict | None:
-    try:
-        model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
-        return json.loads((path / "figures.json").read_text())
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
-        shutil.rmtree(path, ignore_errors=True)  # damaged or foreign: train again
-        return None
-
-
-def _save(path: Path, model, figures: dict) -> None:
-    """Both files in a temporary folder renamed into place: an interrupted write leaves no half cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    torch.save(model.state_dict(), tmp / "model.pt")
-    (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
-    try:
-        tmp.rename(path)
-    except OSError:  # another process cached the same teacher first
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def teacher(spec: IclTeacherSpec = IclTeacherSpec(), *, cache: bool = True) -> tuple[object, dict]:
     """(teacher, figures): in-context tuned on ground truth, or loaded from the cache. Figures:
     `teacher_accuracy` (held-out `shots`-shot prompts, unseen mappings; graded on every call, one
     teacher serves every `shots`), params, steps, training time."""
     path = st.cache_dir() / f"icl-teacher-{spec.key()}"
     model = st.make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
-    figures = _load(path, model) if cache and path.is_dir() else None
+    figures = st.load_cached(path, model) if cache and path.is_dir() else None
     if figures is None:
         model = st.make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
         result = st.train_on(model, spec.rows(), steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
@@ -179,7 +152,7 @@ def teacher(spec: IclTeacherSpec = IclTeacherSpec(), *, cache: bool = True) -> t
                    "teacher_train_time_s": round(result.time_s, 2), "teacher_loss_last": result.losses[-1],
                    "teacher_spec": {k: v for k, v in asdict(spec).items() if k != "shots"}}
         if cache:
-            _save(path, model, figures)
+            st.save_cached(path, model, figures)
     model.eval()
     test = spec.test_prompts()
     answers = st.generate(model, [p.prompt for p in test], max_new_tokens=1)

@@ -254,6 +254,45 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATLAS_CACHE", ".atlas")) / "synthetic"
 
 
+def check_sizes(*, teacher_layers, teacher_hidden, teacher_steps, student_layers, student_hidden, n_train,
+                max_steps, batch_size, time_budget, lr) -> None:
+    """One-line errors naming the option (the teacher and student options every synthetic-task method
+    shares), before any model work."""
+    for name, value in dict(teacher_layers=teacher_layers, teacher_steps=teacher_steps,
+                            student_layers=student_layers, n_train=n_train, max_steps=max_steps,
+                            batch_size=batch_size).items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, value in dict(teacher_hidden=teacher_hidden, student_hidden=student_hidden).items():
+        if value < 32 or value % 32:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {value}")
+    if time_budget < 0 or not lr > 0:
+        raise ValueError(f"--time-budget must be >= 0 and --lr > 0, got {time_budget}, {lr}")
+
+
+def load_cached(path: Path, model) -> dict | None:
+    """The cached figures, with `model` loaded from `path`; None (and the folder removed) when the
+    cache is damaged or written by other code, so that the caller trains again."""
+    try:
+        model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+        return json.loads((path / "figures.json").read_text())
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def save_cached(path: Path, model, figures: dict) -> None:
+    """Both files in a temporary folder renamed into place: an interrupted write leaves no half cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    torch.save(model.state_dict(), tmp / "model.pt")
+    (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
+    try:
+        tmp.rename(path)
+    except OSError:  # another process cached the same teacher first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[LlamaForCausalLM, dict]:
     """(teacher model, its figures): trained on ground-truth rationale + label, or loaded from the cache.
 
@@ -263,12 +302,10 @@ def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[L
     path = cache_dir() / f"teacher-{spec.key()}"
     model = make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
     if cache and path.is_dir():
-        try:
-            model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
-            return model.eval(), json.loads((path / "figures.json").read_text())
-        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
-            shutil.rmtree(path, ignore_errors=True)  # damaged or foreign: train again
-            model = make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
+        figures = load_cached(path, model)
+        if figures is not None:
+            return model.eval(), figures
+        model = make_model(layers=spec.layers, hidden=spec.hidden, seed=spec.seed)
     train_set, test_set = spec.split()
     rows = [sequence(p.prompt, p.response) for p in train_set]
     result = train_on(model, rows, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)
@@ -279,13 +316,6 @@ def teacher(spec: TeacherSpec = TeacherSpec(), *, cache: bool = True) -> tuple[L
                "teacher_params": n_params(model), "teacher_layers": spec.layers,
                "teacher_hidden": spec.hidden, "teacher_train_steps": result.steps,
                "teacher_train_time_s": round(result.time_s, 2), "teacher_spec": asdict(spec)}
-    if cache:  # both files in a temporary folder renamed into place: a Ctrl-C leaves no half cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-        torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
-        try:
-            tmp.rename(path)
-        except OSError:  # another process cached the same teacher first
-            shutil.rmtree(tmp, ignore_errors=True)
+    if cache:
+        save_cached(path, model, figures)
     return model.eval(), figures

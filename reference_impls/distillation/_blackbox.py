@@ -53,16 +53,9 @@ def check_options(*, n_terms, digits, teacher_layers, teacher_hidden, teacher_st
         raise ValueError(f"--n-terms must be in 2..5, got {n_terms}")
     if digits not in (1, 2):
         raise ValueError(f"--digits must be 1 or 2, got {digits}")
-    for name, value in dict(teacher_layers=teacher_layers, teacher_steps=teacher_steps,
-                            student_layers=student_layers, n_train=n_train, max_steps=max_steps,
-                            batch_size=batch_size).items():
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name, value in dict(teacher_hidden=teacher_hidden, student_hidden=student_hidden).items():
-        if value < 32 or value % 32:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {value}")
-    if time_budget < 0 or not lr > 0:
-        raise ValueError(f"--time-budget must be >= 0 and --lr > 0, got {time_budget}, {lr}")
+    st.check_sizes(teacher_layers=teacher_layers, teacher_hidden=teacher_hidden, teacher_steps=teacher_steps,
+                   student_layers=student_layers, student_hidden=student_hidden, n_train=n_train,
+                   max_steps=max_steps, batch_size=batch_size, time_budget=time_budget, lr=lr)
 
 
 @dataclass

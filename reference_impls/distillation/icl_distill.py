@@ -72,20 +72,13 @@ def check_options(*, shots, teacher_layers, teacher_hidden, teacher_steps, stude
     """One-line errors naming the option, before any model work."""
     if not 1 <= shots <= ft.MAX_SHOTS:
         raise ValueError(f"--shots must be in 1..{ft.MAX_SHOTS}, got {shots}")
-    for name, value in dict(teacher_layers=teacher_layers, teacher_steps=teacher_steps,
-                            student_layers=student_layers, n_train=n_train, max_steps=max_steps,
-                            batch_size=batch_size).items():
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name, value in dict(teacher_hidden=teacher_hidden, student_hidden=student_hidden).items():
-        if value < 32 or value % 32:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {value}")
+    st.check_sizes(teacher_layers=teacher_layers, teacher_hidden=teacher_hidden, teacher_steps=teacher_steps,
+                   student_layers=student_layers, student_hidden=student_hidden, n_train=n_train,
+                   max_steps=max_steps, batch_size=batch_size, time_budget=time_budget, lr=lr)
     if not 0 <= soft_weight <= 1:
         raise ValueError(f"--soft-weight must be in [0, 1], got {soft_weight}")
     if lm_weight < 0 or temperature <= 0:
         raise ValueError(f"--lm-weight must be >= 0 and --temperature > 0, got {lm_weight}, {temperature}")
-    if time_budget < 0 or not lr > 0:
-        raise ValueError(f"--time-budget must be >= 0 and --lr > 0, got {time_budget}, {lr}")
 
 
 def icl_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
