@@ -9,7 +9,8 @@ trick), N:M masks per group of M consecutive inputs chosen when the sweep reache
 error of each pruned (and optionally quantized) column is spread onto the remaining columns of the
 block, and the block's accumulated error onto all later columns (Algorithm 1). As in the GPTQ core,
 the per-column rank-1 updates inside a block are themselves batched in sub-blocks of 16 columns (a
-multiple of M for N:M; the same algebra, fewer passes over memory), and a block's adaptive mask is a
+multiple of M for N:M; the same algebra, fewer passes over memory), the sweep works on each block
+transposed (one column of W = one contiguous row), and a block's adaptive mask is a
 selection (`kthvalue`), not the official code's full sort; masks and weights agree with a plain
 transcription of the official loop (tests/test_sparsegpt_speed.py). Joint quantization
 (`bits`) uses GPTQ's column grid (`reference_impls.common.int_grid.ColumnGrid`): the group's scale
