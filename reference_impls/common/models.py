@@ -70,6 +70,27 @@ def resolve(spec: str) -> tuple[str, str]:
     return spec, "auto"
 
 
+def _skip_transformers_hqq_backend() -> None:
+    """Keep transformers from importing hqq at its own import (before its cache module loads).
+
+    transformers imports `hqq.core.quantize` at import time whenever hqq is installed (it is here, a
+    dev dependency for tests/test_hqq.py), only for its HQQ-quantized KV-cache backend, which nothing
+    in this project uses; hqq imports torch._inductor: ~1.5-2 s of CPU on every model load
+    (reference_impls/common/PERFORMANCE.md). `import hqq` itself is unaffected.
+    """
+    import sys
+
+    if "transformers.cache_utils" in sys.modules:
+        return
+    import transformers.utils as tf_utils
+    import transformers.utils.import_utils as tf_import_utils
+
+    def unavailable(*_args, **_kwargs) -> bool:
+        return False
+
+    tf_utils.is_hqq_available = tf_import_utils.is_hqq_available = unavailable
+
+
 def load_model(spec: str = "causal", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model and its tokenizer by --model value; the model is in eval mode on `device`."""
     from reference_impls.common.run_checks import model_problem
@@ -79,6 +100,7 @@ def load_model(spec: str = "causal", device: str | torch.device = "cpu") -> Load
         raise ModelMissingError(problem)
     if spec in ("causal", "encoder"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundled models never need the network
+    _skip_transformers_hqq_backend()
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path, _ = resolve(spec)
