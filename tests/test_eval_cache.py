@@ -35,6 +35,28 @@ def test_window_nll_matches_a_float64_transcription(arch):
     assert ppl == pytest.approx(math.exp(want.sum().item() / (6 * 31)), rel=1e-5)
 
 
+def test_batches_shared_among_threads_give_the_sequential_result_and_restore_the_thread_count():
+    model, x = tiny_model("llama"), _windows(n=10)
+    threads = torch.get_num_threads()
+    seen = []
+    original = evaluate._nll_split
+
+    def spy(base, head, batch):  # each worker runs its kernels single-threaded
+        seen.append(torch.get_num_threads())
+        return original(base, head, batch)
+
+    sequential = evaluate.window_nll(model, x, batch_size=3, workers=1)
+    evaluate._nll_split = spy
+    try:
+        shared = evaluate.window_nll(model, x, batch_size=3, workers=2)  # 4 batches, the last short
+    finally:
+        evaluate._nll_split = original
+    torch.testing.assert_close(shared, sequential, rtol=1e-6, atol=1e-6)  # same windows, same order
+    assert shared.shape == (10,)
+    assert seen[1:] == [1, 1, 1, 1]  # seen[0]: the shortcut's check, on the calling thread
+    assert torch.get_num_threads() == threads
+
+
 def test_shortcut_falls_back_when_the_forward_is_not_base_then_head():
     model, x = tiny_model("llama"), _windows()
     want = evaluate.window_nll(model, x)

@@ -13,6 +13,7 @@ documents that each query retrieves.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -65,29 +66,61 @@ def _nll_split(base, head, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.inference_mode()
+def _batch_workers(device: torch.device, n_batches: int) -> int:
+    """Threads that each score whole batches with one intra-op thread (CPU only).
+
+    On 2 cores, two batches side by side with single-threaded kernels beat one batch with 2 OpenMP
+    threads, and far more so when another process shares the cores: no thread ever waits at an
+    OpenMP barrier for a descheduled partner (reference_impls/common/PERFORMANCE.md).
+    """
+    if device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_batches))
+
+
 def window_nll(model, windows: torch.Tensor, *, batch_size: int | None = None,
-               dtype: torch.dtype | None = None) -> torch.Tensor:
+               dtype: torch.dtype | None = None, workers: int | None = None) -> torch.Tensor:
     """Summed next-token NLL of each window (n_windows,), float64; every position after the first.
 
     `dtype` = torch.bfloat16 runs under bf16 autocast (matmuls in bf16, softmax and losses in
-    float32); None keeps the model's own precision.
+    float32); None keeps the model's own precision. On CPU the batches are shared among `workers`
+    threads (default: torch's thread count), each running its kernels single-threaded; every window
+    is scored by the same kernels whatever the split, so the result does not depend on it.
     """
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(windows.shape[1], device)
+    batches = [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
     split = _split_head(model)
-    out = []
-    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        for i in range(0, windows.shape[0], batch_size):
-            x = windows[i : i + batch_size].to(device)  # (b, seq)
-            nll = _nll_split(*split, x) if split else _nll_full(model, x)
-            if i == 0 and split:
-                # the shortcut must score the first window exactly as the model's own forward does
-                full = _nll_full(model, x[:1]).item()
-                if not math.isclose(nll[0].item(), full, rel_tol=1e-4):
-                    split, nll = None, _nll_full(model, x)
-            out.append(nll.cpu())
-    return torch.cat(out)
+    if split is not None:
+        # the shortcut must score a window exactly as the model's own forward does
+        x = windows[:1].to(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            if not math.isclose(_nll_split(*split, x).item(), _nll_full(model, x).item(), rel_tol=1e-4):
+                split = None
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(device)  # (b, seq)
+        with torch.inference_mode(), _autocast(device, dtype):  # both are per thread
+            return (_nll_split(*split, x) if split else _nll_full(model, x)).cpu()
+
+    workers = workers or _batch_workers(device, len(batches))
+    if workers == 1:
+        return torch.cat([score(b) for b in batches])
+    threads = torch.get_num_threads()
+
+    def score_single_threaded(batch: torch.Tensor) -> torch.Tensor:
+        torch.set_num_threads(1)
+        return score(batch)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return torch.cat(list(pool.map(score_single_threaded, batches)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def perplexity(model, windows: torch.Tensor, *, batch_size: int | None = None,
