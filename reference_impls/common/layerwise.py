@@ -125,6 +125,17 @@ class BlockContext:
         block = block or self.block
         return [_first_tensor(block(x, **kw)) for x, kw in zip(self.inputs, self.kwargs, strict=True)]
 
+    def output_mse(self, i: int, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mean squared error between this block's output on batch i and `targets[i]`, differentiable:
+        the block-wise reconstruction loss ‖F(W, X) − F(Q(W), X)‖² of OmniQuant, AQLM, EfficientQAT."""
+        out = _first_tensor(self.block(self.inputs[i], **self.kwargs[i]))
+        return (out.float() - targets[i].float()).pow(2).mean()
+
+    @torch.no_grad()
+    def mean_output_mse(self, targets: list[torch.Tensor]) -> float:
+        """`output_mse` averaged over every calibration batch."""
+        return sum(self.output_mse(i, targets).item() for i in range(len(targets))) / len(targets)
+
     @torch.no_grad()
     def linear_inputs(self, names: Iterable[str]) -> dict[str, list[torch.Tensor]]:
         """The raw inputs of some linears on every batch (for methods that search on real activations)."""

@@ -168,3 +168,38 @@ def model_inputs(model: nn.Module, batch) -> dict:
     if adapter_for(model).causal:
         feed["use_cache"] = False
     return feed
+
+
+def blocks_of(model: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The model's block list and its dotted path (any family the shared adapters know)."""
+    path = adapter_for(model).blocks_path
+    return model.get_submodule(path), path
+
+
+@torch.no_grad()
+def model_block_influence(model: nn.Module, batches: Iterable) -> torch.Tensor:
+    """Block Influence BI_i = 1 − E_t[cos(x_t^(i), x_t^(i+1))] of every block over all calibration tokens
+    (ShortGPT eq. 2; Minitron's depth score too)."""
+    blocks, _ = blocks_of(model)
+    cos_sum = torch.zeros(len(blocks), dtype=torch.float64)
+    count = torch.zeros(len(blocks), dtype=torch.float64)
+
+    def hook(i):
+        def fn(_m, args, kwargs, out):
+            x_in = args[0] if args else kwargs["hidden_states"]
+            x_out = out[0] if isinstance(out, tuple) else out
+            a = x_in.reshape(-1, x_in.shape[-1]).double()
+            b = x_out.reshape(-1, x_out.shape[-1]).double()
+            cos_sum[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).sum()
+            count[i] += a.shape[0]
+
+        return fn
+
+    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        for batch in batches:
+            model(**model_inputs(model, batch))
+    finally:
+        for h in handles:
+            h.remove()
+    return 1 - cos_sum / count

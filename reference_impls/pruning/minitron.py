@@ -50,10 +50,10 @@ from reference_impls.pruning._structure import (
     keep_mlp_channels,
     keep_query_heads,
     kv_groups,
+    model_block_influence,
     model_inputs,
     remove_layers,
 )
-from reference_impls.pruning.shortgpt import model_block_influence  # Minitron's BI is ShortGPT's
 
 
 def aggregate(x: torch.Tensor, dim: int, how: str) -> torch.Tensor:

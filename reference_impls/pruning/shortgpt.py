@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from reference_impls.pruning._structure import model_inputs, remove_layers
+from reference_impls.pruning._structure import blocks_of, model_block_influence, remove_layers
 
 
 def block_influence(hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
@@ -33,40 +33,6 @@ def layers_to_remove(influence: torch.Tensor, n_remove: int) -> list[int]:
     return sorted(torch.topk(influence, n_remove, largest=False).indices.tolist())
 
 
-def blocks_of(model: nn.Module) -> tuple[nn.ModuleList, str]:
-    """The model's block list and its dotted path (any family the shared adapters know)."""
-    from reference_impls.common.adapters import adapter_for
-
-    path = adapter_for(model).blocks_path
-    return model.get_submodule(path), path
-
-
-@torch.no_grad()
-def model_block_influence(model: nn.Module, batches: Iterable) -> torch.Tensor:
-    """BI of every block, averaged over all calibration tokens."""
-    blocks, _ = blocks_of(model)
-    cos_sum = torch.zeros(len(blocks), dtype=torch.float64)
-    count = torch.zeros(len(blocks), dtype=torch.float64)
-
-    def hook(i):
-        def fn(_m, args, kwargs, out):
-            x_in = args[0] if args else kwargs["hidden_states"]
-            x_out = out[0] if isinstance(out, tuple) else out
-            a = x_in.reshape(-1, x_in.shape[-1]).double()
-            b = x_out.reshape(-1, x_out.shape[-1]).double()
-            cos_sum[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).sum()
-            count[i] += a.shape[0]
-
-        return fn
-
-    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
-        for batch in batches:
-            model(**model_inputs(model, batch))
-    finally:
-        for h in handles:
-            h.remove()
-    return 1 - cos_sum / count
 
 
 def remove_blocks(model: nn.Module, drop: list[int]) -> None:

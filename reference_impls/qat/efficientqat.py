@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from reference_impls.common.fake_quant import FakeQuantLinear, swap_linears
 from reference_impls.common.layerwise import block_linears
@@ -39,10 +38,6 @@ from reference_impls.common.qat import (
 )
 from reference_impls.common.registry import Option, register
 from reference_impls.common.training import TrainConfig, causal_lm_loss, train
-
-
-def _hidden(out):
-    return out[0] if isinstance(out, tuple) else out
 
 
 def block_ap(bc, *, bits: int, group_size: int, steps: int, lr: float, seed: int) -> float:
@@ -62,8 +57,7 @@ def block_ap(bc, *, bits: int, group_size: int, steps: int, lr: float, seed: int
     params = [p for m in new.values() for p in m.parameters() if p.requires_grad]  # W, s, z
 
     def loss_fn(i: int) -> torch.Tensor:
-        out = _hidden(bc.block(bc.inputs[i], **bc.kwargs[i]))
-        return nn.functional.mse_loss(out.float(), targets[i].float())
+        return bc.output_mse(i, targets)
 
     with torch.enable_grad():  # the shared block walk runs under no_grad
         result = train(params, loss_fn, lambda step: step % len(bc.inputs),

@@ -260,15 +260,9 @@ def finetune_block(bctx, results: dict[str, AQLMResult], targets: list[torch.Ten
     flags = [p.requires_grad for p in norms]
 
     def loss_fn(i: int) -> torch.Tensor:
-        out = bctx.block(bctx.inputs[i], **bctx.kwargs[i])
-        out = out[0] if isinstance(out, tuple) else out
-        return (out.float() - targets[i].float()).pow(2).mean()
+        return bctx.output_mse(i, targets)
 
-    def block_loss() -> float:
-        with torch.no_grad():
-            return sum(loss_fn(i).item() for i in range(len(targets))) / len(targets)
-
-    before = block_loss()
+    before = bctx.mean_output_mse(targets)
     try:
         for p in norms:
             p.requires_grad_(True)
@@ -288,7 +282,7 @@ def finetune_block(bctx, results: dict[str, AQLMResult], targets: list[torch.Ten
             bctx.linears[name] = module
     for name, res in results.items():
         bctx.set_weight(name, res.weight)
-    return {"loss_init": before, "loss_trained": block_loss()}
+    return {"loss_init": before, "loss_trained": bctx.mean_output_mse(targets)}
 
 
 # ---------------------------------------------------------------- model-level entry

@@ -81,19 +81,13 @@ def calibrate_block(bctx, *, bits: int, group_size: int, cfg: TrainConfig, init:
         w, getattr(old, "bias", None), bits=bits, group_size=group_size, init=init))
 
     def loss_fn(i: int) -> torch.Tensor:
-        out = bctx.block(bctx.inputs[i], **bctx.kwargs[i])
-        out = out[0] if isinstance(out, tuple) else out
-        return (out.float() - targets[i].float()).pow(2).mean()
+        return bctx.output_mse(i, targets)
 
-    def block_loss() -> float:
-        with torch.no_grad():
-            return sum(loss_fn(i).item() for i in range(len(targets))) / len(targets)
-
-    before = block_loss()
+    before = bctx.mean_output_mse(targets)
     with torch.enable_grad():
         result = train([p for m in lwc.values() for p in (m.gamma, m.beta)], loss_fn,
                        lambda step: step % len(targets), cfg)
-    after = block_loss()
+    after = bctx.mean_output_mse(targets)
     for name, module in lwc.items():  # back to plain linears holding the de-quantized weight
         with torch.no_grad():
             originals[name].weight.copy_(module.quantized_weight().to(originals[name].weight.dtype))
