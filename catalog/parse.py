@@ -195,7 +195,24 @@ def _compose(text: str) -> tuple[Node, dict]:
     if not isinstance(data, dict):
         raise _Problem(node.start_mark.line + 1, "record",
                        f"a record is a mapping of fields, got a {type(data).__name__}")
+    _refuse_duplicate_keys(node)
     return node, data
+
+
+def _refuse_duplicate_keys(node: Node, prefix: tuple = ()) -> None:
+    """YAML keeps the last of two equal keys without a word: a record with two `results:` loses one."""
+    if isinstance(node, MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in first:
+                raise _Problem(line, _field_name((*prefix, key.value)),
+                               f"duplicate key (also on line {first[key.value]}); YAML keeps only the last")
+            first[key.value] = line
+            _refuse_duplicate_keys(value, (*prefix, key.value))
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, (*prefix, i))
 
 
 def _schema_errors(exc: ValidationError, lines: dict[tuple, int], shown: str) -> list[CatalogError]:

@@ -47,6 +47,16 @@ def test_malformed_yaml(tmp_path):
     assert ": yaml: malformed YAML" in line
 
 
+def test_duplicate_key_is_refused_not_silently_dropped(tmp_path):
+    two_good(tmp_path)
+    text = beta_text()
+    lines = text.splitlines()
+    year = next(i for i, line in enumerate(lines) if line.startswith("year:"))
+    (tmp_path / "beta.yaml").write_text("\n".join(lines + ["year: 1999"]) + "\n")
+    line = single_error(tmp_path)
+    assert f"beta.yaml:{len(lines) + 1}: year: duplicate key (also on line {year + 1})" in line
+
+
 def test_missing_required_field(tmp_path):
     two_good(tmp_path)
     (tmp_path / "beta.yaml").write_text(beta_text().replace("authors: [Ada Lovelace, Alan Turing]\n", ""))
