@@ -219,6 +219,23 @@ class Record(BaseModel):
             raise ValueError("a tag is listed twice")
         return value
 
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list) -> list:
+        seen = set()
+        for url in value:
+            if str(url) in seen:
+                raise ValueError(f"a source is listed twice: {url}")
+            seen.add(str(url))
+        return value
+
+    @field_validator("related")
+    @classmethod
+    def _related(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a related record is listed twice")
+        return value
+
     @model_validator(mode="after")
     def _consistency(self) -> Record:
         if self.arxiv and re.match(r"^\d{4}\.", self.arxiv):

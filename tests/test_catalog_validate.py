@@ -57,6 +57,15 @@ def test_duplicate_key_is_refused_not_silently_dropped(tmp_path):
     assert f"beta.yaml:{len(lines) + 1}: year: duplicate key (also on line {year + 1})" in line
 
 
+def test_a_source_or_related_record_listed_twice_is_an_error(tmp_path):
+    two_good(tmp_path)
+    url = "https://github.com/org/repo"
+    (tmp_path / "beta.yaml").write_text(beta_text(extra=f"sources: [{url}, {url}]\n"))
+    assert f"sources: a source is listed twice: {url}" in single_error(tmp_path)
+    (tmp_path / "beta.yaml").write_text(beta_text(related="[alpha, alpha]"))
+    assert "related: a related record is listed twice" in single_error(tmp_path)
+
+
 def test_missing_required_field(tmp_path):
     two_good(tmp_path)
     (tmp_path / "beta.yaml").write_text(beta_text().replace("authors: [Ada Lovelace, Alan Turing]\n", ""))
