@@ -185,6 +185,19 @@ def test_option_combinations():
         run_aqlm(tiny_ctx(), bits=2, nbits_per_codebook=8, group_size=8, beam_size=0, **rest)
 
 
+def test_bad_option_combination_fails_before_the_model_is_loaded(monkeypatch):
+    from reference_impls.common import runner
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(runner, "load_model", no_load)
+    with pytest.raises(ValueError, match=re.escape("--bits 3: bits x group size (24) must be a multiple")):
+        runner.run_method("aqlm", model="causal", options={"bits": 3, "nbits_per_codebook": 5})
+    with pytest.raises(ValueError, match="--finetune-steps must be >= 0"):
+        runner.run_method("aqlm", model="causal", options={"bits": 2, "finetune_steps": -1})
+
+
 @pytest.mark.slow
 def test_two_bits_beat_rtn_perplexity_on_the_causal_lm():
     """2x4 codebooks over groups of 4 (2.07 bits/weight), a short schedule, against RTN 2-bit g128 (2.14)."""

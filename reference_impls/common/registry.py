@@ -63,6 +63,7 @@ class Method:
     options: dict[str, Option] = field(default_factory=dict)
     bench: tuple[dict, ...] = ()  # option sets of the benchmark grid (empty: the defaults)
     bench_models: tuple[str, ...] = ("causal", "encoder")
+    check: Callable[..., None] | None = None  # options → ValueError, run before the model is loaded
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
@@ -91,10 +92,12 @@ DISCOVERY_ERRORS: dict[str, str] = {}  # module -> why it failed to import
 
 def register(name: str, *, family: str, papers: list[str], fidelity: str, options: dict[str, Option],
              summary: str = "", bench: list[dict] | None = None,
-             bench_models: tuple[str, ...] = ("causal", "encoder")) -> Callable:
+             bench_models: tuple[str, ...] = ("causal", "encoder"),
+             check: Callable[..., None] | None = None) -> Callable:
     """Decorator: register `apply(ctx, **options) -> dict of method-specific metrics`.
 
-    `bench` lists the option sets `atlas bench` runs on each of `bench_models`.
+    `bench` lists the option sets `atlas bench` runs on each of `bench_models`; `check(**options)`, when
+    given, raises ValueError for option combinations that are wrong whatever the model (run first).
     """
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity {fidelity!r} is not one of {FIDELITIES}")
@@ -104,7 +107,7 @@ def register(name: str, *, family: str, papers: list[str], fidelity: str, option
             raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].module}, {fn.__module__})")
         _REGISTRY[name] = Method(name=name, family=family, papers=tuple(papers), fidelity=fidelity,
                                  summary=summary, module=fn.__module__, apply=fn, options=dict(options),
-                                 bench=tuple(bench or ()), bench_models=tuple(bench_models))
+                                 bench=tuple(bench or ()), bench_models=tuple(bench_models), check=check)
         return fn
 
     return wrap

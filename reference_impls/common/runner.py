@@ -120,6 +120,9 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
     # everything the arguments alone can show wrong fails before the model is loaded
     check_run_args(device=device, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows)
     check_options([(m.name, kwargs) for m, kwargs in zip(methods, per_method, strict=True)])
+    for m, kwargs in zip(methods, per_method, strict=True):
+        if m.check is not None:
+            m.check(**kwargs)
     check_save_dir(save)
     torch.manual_seed(seed)
     loaded = load_model(model, device)

@@ -232,6 +232,19 @@ def resolve_codebooks(*, bits: int, num_codebooks: int, nbits_per_codebook: int,
     return num_codebooks
 
 
+def check_aqlm_options(*, bits, num_codebooks, nbits_per_codebook, group_size, beam_size, rounds, max_steps,
+                       kmeans_iters, tolerance, finetune_steps=0, finetune_lr=1e-4, **_) -> int:
+    """M for the options, or a one-line ValueError; needs no model (`atlas run` calls it before loading)."""
+    M = resolve_codebooks(bits=bits or (0 if num_codebooks else 2), num_codebooks=num_codebooks,
+                          nbits_per_codebook=nbits_per_codebook, group_size=group_size)
+    if beam_size < 1 or rounds < 0 or max_steps < 0 or kmeans_iters < 0 or not 0 <= tolerance < 1:
+        raise ValueError("--beam-size must be >= 1, --rounds, --max-steps and --kmeans-iters >= 0, "
+                         "--tolerance in [0, 1)")
+    if finetune_steps < 0 or finetune_lr <= 0:
+        raise ValueError("--finetune-steps must be >= 0 and --finetune-lr > 0")
+    return M
+
+
 # ---------------------------------------------------------------- block fine-tuning (the second stage)
 class AQLinear(nn.Module):
     """A linear computing with dequantize(codes, codebooks, scales): codes fixed, the rest trainable."""
@@ -310,19 +323,17 @@ def finetune_block(bctx, results: dict[str, AQLMResult], targets: list[torch.Ten
            {"bits": 2, "nbits_per_codebook": 8, "group_size": 4},
            {"bits": 3, "nbits_per_codebook": 6, "group_size": 4}],
     bench_models=("causal",),
+    check=check_aqlm_options,
 )
 def run_aqlm(ctx, *, bits, num_codebooks, nbits_per_codebook, group_size, beam_size, rounds, max_steps, lr,
              kmeans_iters, tolerance, finetune_steps=0, finetune_lr=1e-4) -> dict:
-    M = resolve_codebooks(bits=bits or (0 if num_codebooks else 2), num_codebooks=num_codebooks,
-                          nbits_per_codebook=nbits_per_codebook, group_size=group_size)
-    if beam_size < 1 or rounds < 0 or max_steps < 0 or kmeans_iters < 0 or not 0 <= tolerance < 1:
-        raise ValueError("--beam-size must be >= 1, --rounds, --max-steps and --kmeans-iters >= 0, "
-                         "--tolerance in [0, 1)")
+    M = check_aqlm_options(bits=bits, num_codebooks=num_codebooks, nbits_per_codebook=nbits_per_codebook,
+                           group_size=group_size, beam_size=beam_size, rounds=rounds, max_steps=max_steps,
+                           kmeans_iters=kmeans_iters, tolerance=tolerance, finetune_steps=finetune_steps,
+                           finetune_lr=finetune_lr)
     for n in {get_weight(m).shape[1] for m in ctx.adapter.linears(ctx.adapter.blocks(ctx.model)[0]).values()}:
         if n % group_size:
             raise ValueError(f"--group-size {group_size} must divide every linear's input features (got {n})")
-    if finetune_steps < 0 or finetune_lr <= 0:
-        raise ValueError("--finetune-steps must be >= 0 and --finetune-lr > 0")
     cfg = TrainConfig(max_steps=finetune_steps, lr=finetune_lr, weight_decay=0.0, warmup_steps=0,
                       min_lr_ratio=1.0, grad_clip=None, seed=ctx.seed, bf16=False, progress=False)
     reduction, relative, tuned = [], [], []
