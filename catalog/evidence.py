@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from catalog.parse import CatalogError, display_path
+from catalog.parse import CatalogError, display_path, duplicate_key
 
 
 class Claim(BaseModel):
@@ -66,7 +66,19 @@ def load_evidence(papers: Path) -> tuple[dict[str, Evidence], list[CatalogError]
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         shown = display_path(path)
         try:
-            ev = Evidence.model_validate(yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER))
+            loader = _LOADER(path.read_text(encoding="utf-8"))
+            try:
+                node = loader.get_single_node()
+                repeated = duplicate_key(node) if node is not None else None
+                data = loader.construct_document(node) if node is not None and not repeated else None
+            finally:
+                loader.dispose()
+            if repeated:
+                line, field, first = repeated
+                errors.append(CatalogError(shown, line, field,
+                                           f"duplicate key (also on line {first}); YAML keeps only the last"))
+                continue
+            ev = Evidence.model_validate(data)
         except UnicodeDecodeError as e:
             errors.append(CatalogError(shown, 0, "file", f"not UTF-8 text ({e.reason} at byte {e.start})"))
             continue

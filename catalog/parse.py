@@ -199,20 +199,33 @@ def _compose(text: str) -> tuple[Node, dict]:
     return node, data
 
 
-def _refuse_duplicate_keys(node: Node, prefix: tuple = ()) -> None:
-    """YAML keeps the last of two equal keys without a word: a record with two `results:` loses one."""
+def duplicate_key(node: Node, prefix: tuple = ()) -> tuple[int, str, int] | None:
+    """(line, field, line of the first one) of the first key repeated in a mapping, else None.
+
+    YAML keeps the last of two equal keys without a word: a record with two `results:` loses one."""
     if isinstance(node, MappingNode):
         first: dict = {}
         for key, value in node.value:
             line = key.start_mark.line + 1
             if key.value in first:
-                raise _Problem(line, _field_name((*prefix, key.value)),
-                               f"duplicate key (also on line {first[key.value]}); YAML keeps only the last")
+                return line, _field_name((*prefix, key.value)), first[key.value]
             first[key.value] = line
-            _refuse_duplicate_keys(value, (*prefix, key.value))
+            found = duplicate_key(value, (*prefix, key.value))
+            if found:
+                return found
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, (*prefix, i))
+            found = duplicate_key(item, (*prefix, i))
+            if found:
+                return found
+    return None
+
+
+def _refuse_duplicate_keys(node: Node) -> None:
+    found = duplicate_key(node)
+    if found:
+        line, field, first = found
+        raise _Problem(line, field, f"duplicate key (also on line {first}); YAML keeps only the last")
 
 
 def _schema_errors(exc: ValidationError, lines: dict[tuple, int], shown: str) -> list[CatalogError]:

@@ -77,3 +77,11 @@ def test_a_file_that_is_not_utf8_is_one_error_line(tmp_path):
     (tmp_path / "evidence" / "alpha.yaml").write_bytes(b"id: alpha\nabstract: caf\xe9\n")
     (err,) = check_evidence(records, papers)
     assert err.field == "file" and "not UTF-8" in err.message
+
+
+def test_a_repeated_key_is_one_error_line_not_a_lost_check(tmp_path):
+    twice = _evidence() + "checks:\n  - checker: other\n    date: 2026-12-03\n    claims: []\n"
+    records, papers = _setup(tmp_path, twice)
+    (err,) = check_evidence(records, papers)
+    assert (err.line, err.field) == (10, "checks")
+    assert "duplicate key (also on line 3)" in err.message
