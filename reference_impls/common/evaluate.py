@@ -69,9 +69,9 @@ def _nll_split(base, head, x: torch.Tensor) -> torch.Tensor:
 def _batch_workers(device: torch.device, n_batches: int) -> int:
     """Threads that each score whole batches with one intra-op thread (CPU only).
 
-    On 2 cores, two batches side by side with single-threaded kernels beat one batch with 2 OpenMP
-    threads, and far more so when another process shares the cores: no thread ever waits at an
-    OpenMP barrier for a descheduled partner (reference_impls/common/PERFORMANCE.md).
+    On 2 cores, two batches side by side with single-threaded kernels beat one batch on 2 OpenMP
+    threads (15-22 s vs 23-26 s for the 565 held-out windows at load ~2): no thread waits at an OpenMP
+    barrier for a partner the scheduler took away (reference_impls/common/PERFORMANCE.md).
     """
     if device.type != "cpu":
         return 1
@@ -84,8 +84,9 @@ def window_nll(model, windows: torch.Tensor, *, batch_size: int | None = None,
 
     `dtype` = torch.bfloat16 runs under bf16 autocast (matmuls in bf16, softmax and losses in
     float32); None keeps the model's own precision. On CPU the batches are shared among `workers`
-    threads (default: torch's thread count), each running its kernels single-threaded; every window
-    is scored by the same kernels whatever the split, so the result does not depend on it.
+    threads (default: torch's thread count), each running its kernels single-threaded; the windows and
+    their order are the same whatever the split (the NLLs equal the one-batch-at-a-time pass bit for bit
+    on the machine measured; tests/test_eval_cache.py allows 1e-6).
     """
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(windows.shape[1], device)
