@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -197,11 +198,12 @@ class Record(BaseModel):
                 raise ValueError("empty author name")
         return value
 
-    @field_validator("themes")
+    @field_validator("themes", "tags", "related")
     @classmethod
-    def _themes(cls, value: list[str]) -> list[str]:
+    def _no_repeats(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError("a theme is listed twice")
+            noun = {"themes": "theme", "tags": "tag", "related": "related record"}[info.field_name]
+            raise ValueError(f"a {noun} is listed twice")
         return value
 
     @field_validator("taxonomy")
@@ -212,12 +214,6 @@ class Record(BaseModel):
             raise ValueError(f"unknown taxonomy path '{value}'{suggest(value, leaves)}")
         return value
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("a tag is listed twice")
-        return value
 
     @field_validator("sources")
     @classmethod
@@ -229,12 +225,6 @@ class Record(BaseModel):
             seen.add(str(url))
         return value
 
-    @field_validator("related")
-    @classmethod
-    def _related(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("a related record is listed twice")
-        return value
 
     @model_validator(mode="after")
     def _consistency(self) -> Record:
