@@ -64,6 +64,8 @@ def test_a_source_or_related_record_listed_twice_is_an_error(tmp_path):
     assert f"sources: a source is listed twice: {url}" in single_error(tmp_path)
     (tmp_path / "beta.yaml").write_text(beta_text(related="[alpha, alpha]"))
     assert "related: a related record is listed twice" in single_error(tmp_path)
+    (tmp_path / "beta.yaml").write_text(beta_text().replace("[post-training, 4-bit]", "[4-bit, 4-bit]"))
+    assert "tags: a tag is listed twice" in single_error(tmp_path)
 
 
 def test_missing_required_field(tmp_path):
