@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import Resolver
@@ -209,6 +209,8 @@ def duplicate_key(node: Node, prefix: tuple = ()) -> tuple[int, str, int] | None
         first: dict = {}
         for key, value in node.value:
             line = key.start_mark.line + 1
+            if not isinstance(key, ScalarNode):  # a list or mapping as a key: construction refuses it
+                continue
             if key.value in first:
                 return line, _field_name((*prefix, key.value)), first[key.value]
             first[key.value] = line

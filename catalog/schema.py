@@ -214,7 +214,6 @@ class Record(BaseModel):
             raise ValueError(f"unknown taxonomy path '{value}'{suggest(value, leaves)}")
         return value
 
-
     @field_validator("sources")
     @classmethod
     def _sources(cls, value: list) -> list:
@@ -224,7 +223,6 @@ class Record(BaseModel):
                 raise ValueError(f"a source is listed twice: {url}")
             seen.add(str(url))
         return value
-
 
     @model_validator(mode="after")
     def _consistency(self) -> Record:

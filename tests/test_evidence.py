@@ -85,3 +85,9 @@ def test_a_repeated_key_is_one_error_line_not_a_lost_check(tmp_path):
     (err,) = check_evidence(records, papers)
     assert (err.line, err.field) == (10, "checks")
     assert "duplicate key (also on line 3)" in err.message
+
+
+def test_a_list_as_a_key_is_one_error_line_not_a_traceback(tmp_path):
+    records, papers = _setup(tmp_path, "id: alpha\n? [a, b]\n: 1\nchecks: []\n")
+    (err,) = check_evidence(records, papers)
+    assert (err.line, err.field) == (2, "yaml") and "\n" not in str(err)
