@@ -19,7 +19,8 @@ def test_speed_table_rows_and_ratios(tmp_path):
             "hessian_accumulation": {"tokens": 16384, "in_features": 4096, "accumulate_s": 1.1,
                                      "gemm_floor_s": 1.0},
             "atlas_run": {"rtn": {"wall_s_min": 12.5, "eval_windows": 565, "eval_dtype": "bfloat16",
-                                  "compress_s": 0.1, "eval_s": 8.0}},
+                                  "compress_s": 0.1, "eval_s": 8.0, "startup_s": [4.75, 3.5]},
+                          "gptq": {"wall_s_min": 20.0, "startup_s": ["x"]}},
             "search_site": {"records": 120, "catalog": {"hybrid": {"p50_ms": 7.5}},
                             "cold_atlas_search": {"atlas_search_s_median": 2.4}, "site_build_warm_s": 9.0}}
     path = tmp_path / "perf.json"
@@ -29,7 +30,10 @@ def test_speed_table_rows_and_ratios(tmp_path):
     assert "| SparseGPT 50%, one 4096×4096 layer, vs the official loop | 2.00 | 5.00 | 0.40 |" in text
     assert "| SparseGPT 2:4, one 4096×4096 layer, vs the official loop | 3.00 | 4.00 | 0.75 |" in text
     assert "vs bare xᵀx GEMM | 1.10 | 1.00 | 1.10 |" in text
-    assert "`atlas run rtn` end to end (565 held-out windows, bfloat16" in text
+    assert ("`atlas run rtn` end to end (565 held-out windows, bfloat16; start-up 3.50 s, compression 0.10 s"
+            in text)
+    # a start-up list that is not numbers is left out
+    assert "`atlas run gptq` end to end (None held-out windows, None; compression – s" in text
     assert "| 12.50 | – | – |" in text
     assert "search p50, catalog (120 records), ms | 7.50" in text and "load average 3.50" in text
 

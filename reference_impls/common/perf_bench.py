@@ -85,6 +85,13 @@ def atlas_runs(methods=RUN_METHODS, repeats: int = 2) -> dict:
             m = rec["metrics"]
             row["wall_s"].append(round(wall, 2))
             row["load_1m"].append(load)
+            # the phases of this run: start-up (process start to compression), compression, evaluation,
+            # and the rest (figures, JSON, shutdown, process spawn)
+            age = rec["env"].get("process_age_s")
+            if age is not None:
+                row.setdefault("startup_s", []).append(age)
+                rest = wall - age - rec["time_s"] - m["eval_time_s"]
+                row.setdefault("after_eval_s", []).append(round(rest, 2))
             row.update(compress_s=round(rec["time_s"], 2), eval_s=round(m["eval_time_s"], 2),
                        perplexity=m["perplexity"], perplexity_fp=m["perplexity_fp"],
                        eval_dtype=m.get("eval_dtype"), eval_windows=m["eval_windows"],

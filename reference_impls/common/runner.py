@@ -99,6 +99,18 @@ def _reference(loaded: LoadedModel, *, eval_windows: int | None, papers_dir: str
     return _REFERENCE_CACHE[key]
 
 
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc: its start tick and the uptime), else None.
+
+    Recorded as `env.process_age_s` when the compression begins; in a fresh `atlas run` that is the
+    start-up (interpreter, imports, model load), which neither `time_s` nor `eval_time_s` shows."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22
+        return float(Path("/proc/uptime").read_text().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -138,6 +150,7 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
     ctx = RunContext(loaded=loaded, calib_samples=calib_samples, seed=seed, eval_windows=eval_windows,
                      progress=progress, eval_dtype=getattr(ref, "dtype", None))
     load_before = os.getloadavg()[0]  # timings taken on a busy machine are not comparable: say so
+    age = _process_age_s()  # in a fresh `atlas run`: the start-up (interpreter, imports, model load)
     t0 = time.perf_counter()
     method_metrics, stages = compose.apply_stages(ctx, methods, per_method)
     if loaded.device.type == "cuda":
@@ -174,6 +187,7 @@ def run_method(method: str, *, model: str = "causal", device: str = "cpu", calib
         "env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(loaded.device),
                 "threads": torch.get_num_threads(), "calib_samples": calib_samples, "seed": seed,
                 "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(load_before, 2),
+                "process_age_s": None if age is None else round(age, 2),
                 "energy_assumption": memory.ENERGY_ASSUMPTION},
     }
     if stages is not None:
