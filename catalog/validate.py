@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from catalog.evidence import check_evidence
+from catalog.evidence import check_evidence_cached
 from catalog.parse import Catalog, CatalogError, display_path
 from catalog.schema import SUMMARY_WORDS
 from catalog.vocabulary import suggest, vocabulary
@@ -99,7 +99,7 @@ def cross_checks(catalog: Catalog, papers: Path, *, coverage: bool = False) -> l
     _check_records(catalog, err)
     errors.extend(draft_errors(catalog))
     _check_impls(catalog, err)
-    errors.extend(check_evidence({r.id: r for r in catalog.records}, papers))
+    errors.extend(check_evidence_cached({r.id: r for r in catalog.records}, papers))
     if coverage:
         errors.extend(coverage_errors(catalog, papers))
     return errors

@@ -91,3 +91,40 @@ def test_a_list_as_a_key_is_one_error_line_not_a_traceback(tmp_path):
     records, papers = _setup(tmp_path, "id: alpha\n? [a, b]\n: 1\nchecks: []\n")
     (err,) = check_evidence(records, papers)
     assert (err.line, err.field) == (2, "yaml") and "\n" not in str(err)
+
+
+def test_a_clean_pass_is_remembered_and_any_change_is_checked_again(tmp_path, monkeypatch):
+    import catalog.evidence as ev
+
+    monkeypatch.setenv("ATLAS_CACHE", str(tmp_path / "cache"))
+    records, papers = _setup(tmp_path, _evidence())
+    assert ev.check_evidence_cached(records, papers) == []
+    assert len(list((tmp_path / "cache" / "checks").glob("evidence-ok-*"))) == 1
+    real = ev.check_evidence
+    monkeypatch.setattr(ev, "check_evidence", lambda *a: (_ for _ in ()).throw(AssertionError("parsed")))
+    assert ev.check_evidence_cached(records, papers) == []  # same files, same records: not parsed again
+    monkeypatch.setattr(ev, "check_evidence", real)
+    # an evidence file edited: checked again, the error found
+    (tmp_path / "evidence" / "alpha.yaml").write_text(_evidence(source="https://example.org/blog"))
+    (err,) = ev.check_evidence_cached(records, papers)
+    assert "is not in the record's sources" in err.message
+    # the file fixed again, but the record's sources changed: checked again
+    (tmp_path / "evidence" / "alpha.yaml").write_text(_evidence())
+    assert ev.check_evidence_cached(records, papers) == []
+    records2, _ = _setup(tmp_path / "b", _evidence(), sources="sources: [https://example.org/other]\n")
+    assert "is not in the record's sources" in ev.check_evidence_cached(records2, papers)[0].message
+    # a new evidence file for an unknown id is seen too
+    (tmp_path / "evidence" / "ghost.yaml").write_text(_evidence().replace("id: alpha", "id: ghost"))
+    assert "no record papers/ghost.yaml" in str(ev.check_evidence_cached(records, papers)[0])
+
+
+def test_an_unwritable_cache_still_checks(tmp_path, monkeypatch):
+    import catalog.evidence as ev
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory would be")
+    monkeypatch.setenv("ATLAS_CACHE", str(blocker))
+    records, papers = _setup(tmp_path, _evidence())
+    assert ev.check_evidence_cached(records, papers) == []
+    (tmp_path / "evidence" / "alpha.yaml").write_text(_evidence(source="https://example.org/blog"))
+    assert len(ev.check_evidence_cached(records, papers)) == 1
