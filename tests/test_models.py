@@ -72,3 +72,15 @@ def test_causal_model_is_a_trained_language_model():
     g = torch.Generator().manual_seed(0)
     shuffled = torch.stack([w[torch.randperm(w.numel(), generator=g)] for w in windows])
     assert perplexity(loaded.model, shuffled) > 5 * ppl
+
+
+@needs_model
+def test_token_stream_is_each_text_encoded_alone_then_end_of_text():
+    loaded = load_model("causal")
+    tok = loaded.tokenizer
+    texts = corpus.split_texts("heldout")[:3] + ["", "x = 1\n"]
+    expected = []
+    for text in texts:  # the definition: one call per text, the end-of-text token after each
+        expected += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert data.token_stream(tok, texts).tolist() == expected
+    assert data.token_stream(tok, []).numel() == 0
