@@ -11,7 +11,7 @@ export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve build test lint bench model clean
+.PHONY: install serve build test lint bench model clean llmcompressor
 
 # Re-installs only when pyproject.toml changed (the stamp is newer otherwise): a fast no-op.
 $(STAMP): pyproject.toml
@@ -46,6 +46,14 @@ bench: install
 
 model: install
 	$(BIN)/python scripts/train_causal_lm.py
+
+# llmcompressor (the comparison in `atlas bench perf`) pins transformers<=5.17, older than ours: it gets
+# its own environment, with the same pinned CPU torch, and never touches .venv.
+LLMC_VENV := .venv-llmcompressor
+llmcompressor:
+	@test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LLMC_VENV)/bin/python -m pip install --quiet 'torch==2.13.0' 'llmcompressor==0.14.0.1'
 
 clean:
 	rm -rf build .atlas .pytest_cache .ruff_cache

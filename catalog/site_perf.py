@@ -47,6 +47,13 @@ def _rows(perf: dict) -> list[tuple[str, object, object]]:
         hybrid = (s.get(key) or {}).get("hybrid") or {}
         if "p50_ms" in hybrid:
             rows.append((label, hybrid["p50_ms"], None))
+    lc = perf.get("llmcompressor") or {}
+    if lc.get("ran") and isinstance(lc.get("ours_s"), int | float):
+        ppl = f"perplexity {_s(lc.get('perplexity_ours'))} vs {_s(lc.get('perplexity_llmcompressor'))}"
+        tool = f"llmcompressor {lc.get('llmcompressor', '?')}"
+        rows.append((f"GPTQ W4A16 g128 on the causal LM, reference = {tool} one-shot, same calibration "
+                     f"({ppl}, float32 held-out)", lc["ours_s"],
+                     lc.get("llmcompressor_s")))
     cold = (s.get("cold_atlas_search") or {}).get("atlas_search_s_median")
     if cold is not None:
         rows.append(("cold `atlas search` (fresh process, index built)", cold, None))

@@ -34,9 +34,11 @@ def test_hessian_accumulation_is_the_gemm_plus_little():
     torch.testing.assert_close(stats.hessian.double(), 2 * X.t() @ X / 384, rtol=1e-4, atol=1e-4)
 
 
-def test_llmcompressor_status_says_why():
-    status = perf_bench.llmcompressor_status()
-    assert status["ran"] is False and len(status["why"]) > 20
+def test_without_an_llmcompressor_environment_the_comparison_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATLAS_LLMCOMPRESSOR_PYTHON", str(tmp_path / "no-such-python"))
+    assert perf_bench.llmcompressor_python() is None
+    out = perf_bench.llmcompressor_vs_ours()  # returns before loading anything
+    assert out["ran"] is False and "make llmcompressor" in out["why"]
 
 
 def test_cli_sets_a_passive_openmp_wait_unless_the_environment_says_otherwise():

@@ -21,6 +21,9 @@ def test_speed_table_rows_and_ratios(tmp_path):
             "atlas_run": {"rtn": {"wall_s_min": 12.5, "eval_windows": 565, "eval_dtype": "bfloat16",
                                   "compress_s": 0.1, "eval_s": 8.0, "startup_s": [4.75, 3.5]},
                           "gptq": {"wall_s_min": 20.0, "startup_s": ["x"]}},
+            "llmcompressor": {"ran": True, "llmcompressor": "0.14.0.1", "ours_s": 10.0,
+                              "llmcompressor_s": 40.0, "perplexity_ours": 39.6,
+                              "perplexity_llmcompressor": 39.7},
             "search_site": {"records": 120, "catalog": {"hybrid": {"p50_ms": 7.5}},
                             "cold_atlas_search": {"atlas_search_s_median": 2.4}, "site_build_warm_s": 9.0}}
     path = tmp_path / "perf.json"
@@ -35,6 +38,8 @@ def test_speed_table_rows_and_ratios(tmp_path):
     # a start-up list that is not numbers is left out
     assert "`atlas run gptq` end to end (None held-out windows, None; compression – s" in text
     assert "| 12.50 | – | – |" in text
+    assert ("reference = llmcompressor 0.14.0.1 one-shot, same calibration (perplexity 39.60 vs 39.70, "
+            "float32 held-out) | 10.00 | 40.00 | 0.25 |") in text
     assert "search p50, catalog (120 records), ms | 7.50" in text and "load average 3.50" in text
 
 

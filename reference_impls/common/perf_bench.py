@@ -131,15 +131,84 @@ def search_and_site(papers: Path) -> dict:
     return out
 
 
+LLMC_OPTIONS = {"bits": 4, "group_size": 128, "sym": True, "act_order": True, "static_groups": True,
+                "damp": 0.01, "block_size": 128}  # ours, set to llmcompressor's W4A16 GPTQ recipe
+LLMC_VENV = Path(".venv-llmcompressor")
+
+
+def llmcompressor_python() -> Path | None:
+    """The interpreter of the separate llmcompressor environment (`make llmcompressor`), if there is one:
+    `$ATLAS_LLMCOMPRESSOR_PYTHON`, else `.venv-llmcompressor/bin/python`."""
+    given = os.environ.get("ATLAS_LLMCOMPRESSOR_PYTHON")
+    path = Path(given) if given else LLMC_VENV / "bin" / "python"
+    return path if path.is_file() else None
+
+
 def llmcompressor_status() -> dict:
-    """Whether llmcompressor can run beside this torch (it is not a dependency; see the README)."""
-    try:
-        import llmcompressor  # noqa: F401
-    except ImportError:
-        return {"ran": False, "why": "not installed: llmcompressor 0.14.0.1 accepts torch 2.13.0 but pins "
-                "transformers<=5.17.0 (pip install --dry-run llmcompressor would downgrade the project's "
-                "transformers 5.24 and huggingface_hub), so it cannot sit beside this environment"}
-    return {"ran": False, "why": "installed, but no comparison is wired up"}
+    """Why the llmcompressor comparison cannot run here, or {"ran": False} when it can."""
+    if llmcompressor_python() is None:
+        return {"ran": False, "why": "no llmcompressor environment: llmcompressor 0.14.0.1 accepts torch "
+                "2.13.0 but pins transformers<=5.17.0, older than the project's, so it cannot sit in .venv; "
+                "`make llmcompressor` builds .venv-llmcompressor beside it (or set "
+                "ATLAS_LLMCOMPRESSOR_PYTHON)"}
+    return {"ran": False}
+
+
+def llmcompressor_vs_ours(model: str = "causal", calib_samples: int = 128, seed: int = 0,
+                          timeout: int = 3600) -> dict:
+    """llmcompressor's one-shot GPTQ (scripts/llmcompressor_gptq.py, in its own environment) and ours on
+    the same model and the same calibration token ids: compression time and held-out perplexity, both
+    models scored by the same evaluation (float32, all held-out windows)."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from reference_impls.common import data, evaluate, runner
+    from reference_impls.common.models import load_model, resolve
+
+    status = llmcompressor_status()
+    python = llmcompressor_python()
+    if python is None:
+        return status
+    loaded = load_model(model)
+    batches = data.causal_calibration(loaded, n_samples=calib_samples, seed=seed)
+    ids = torch.cat([b["input_ids"] for b in batches])
+    script = Path(__file__).resolve().parents[2] / "scripts" / "llmcompressor_gptq.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        calib, out = Path(tmp) / "calib.safetensors", Path(tmp) / "weights.safetensors"
+        save_file({"input_ids": ids.contiguous()}, str(calib))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+        t = time.perf_counter()
+        proc = subprocess.run([str(python), str(script), resolve(model)[0], str(calib), str(out)],
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            return {"ran": False,
+                    "why": f"llmcompressor failed (exit {proc.returncode}): {proc.stderr[-400:]}"}
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        weights = load_file(str(out))
+    state = loaded.model.state_dict()
+    unknown = sorted(set(weights) - set(state))
+    if unknown or not weights:
+        return {"ran": False, "why": f"llmcompressor's weights do not match the model: {unknown[:3]}"}
+    windows = data.heldout_windows(loaded)
+    with torch.no_grad():
+        for name, w in weights.items():
+            state[name].copy_(w)
+    theirs = evaluate.perplexity(loaded.model, windows)
+    ours = runner.run_method("gptq", model=model, calib_samples=calib_samples, seed=seed,
+                             options=dict(LLMC_OPTIONS))
+    return {"ran": True, **info, "llmcompressor_process_s": round(wall, 2),
+            "llmcompressor_s": info["oneshot_s"], "ours_s": ours["time_s"],
+            "ratio": ours["time_s"] / info["oneshot_s"],
+            "perplexity_llmcompressor": theirs, "perplexity_ours": ours["metrics"]["perplexity"],
+            "perplexity_fp": ours["metrics"]["perplexity_fp"], "eval_windows": int(windows.shape[0]),
+            "eval_dtype": "float32",
+            "options_ours": LLMC_OPTIONS,
+            "recipe_llmcompressor": "GPTQModifier(targets='Linear', scheme='W4A16', ignore=['lm_head'], "
+                                    "dampening_frac=0.01, block_size=128, actorder='static')",
+            "calibration": f"{calib_samples} windows of {ids.shape[1]} tokens, seed {seed}: the same token "
+                           "ids for both; each tool's time covers its own calibration passes and solves"}
 
 
 def _part(result: dict, name: str, fn) -> None:
@@ -182,7 +251,7 @@ def run_bench(papers_dir: Path, *, repeats: int | None = None, n: int | None = N
     _part(result, "hessian_accumulation", lambda: hessian_vs_gemm(n_in=n))
     _part(result, "atlas_run", atlas_runs)
     _part(result, "search_site", lambda: search_and_site(Path(papers_dir)))
-    result["llmcompressor"] = llmcompressor_status()
+    _part(result, "llmcompressor", llmcompressor_vs_ours)
     result["machine"]["load_at_end"] = list(os.getloadavg())
     _write(result)
     _say(f"wrote {RESULTS}")
