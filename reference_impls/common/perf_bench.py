@@ -170,6 +170,7 @@ def llmcompressor_vs_ours(model: str = "causal", calib_samples: int = 128, seed:
     python = llmcompressor_python()
     if python is None:
         return status
+    load = _load()
     loaded = load_model(model)
     batches = data.causal_calibration(loaded, n_samples=calib_samples, seed=seed)
     ids = torch.cat([b["input_ids"] for b in batches])
@@ -198,7 +199,7 @@ def llmcompressor_vs_ours(model: str = "causal", calib_samples: int = 128, seed:
     theirs = evaluate.perplexity(loaded.model, windows)
     ours = runner.run_method("gptq", model=model, calib_samples=calib_samples, seed=seed,
                              options=dict(LLMC_OPTIONS))
-    return {"ran": True, **info, "llmcompressor_process_s": round(wall, 2),
+    return {"ran": True, **info, "load_1m": load, "llmcompressor_process_s": round(wall, 2),
             "llmcompressor_s": info["oneshot_s"], "ours_s": ours["time_s"],
             "ratio": ours["time_s"] / info["oneshot_s"],
             "perplexity_llmcompressor": theirs, "perplexity_ours": ours["metrics"]["perplexity"],
