@@ -144,14 +144,9 @@ def llmcompressor_python() -> Path | None:
     return path if path.is_file() else None
 
 
-def llmcompressor_status() -> dict:
-    """Why the llmcompressor comparison cannot run here, or {"ran": False} when it can."""
-    if llmcompressor_python() is None:
-        return {"ran": False, "why": "no llmcompressor environment: llmcompressor 0.14.0.1 accepts torch "
-                "2.13.0 but pins transformers<=5.17.0, older than the project's, so it cannot sit in .venv; "
-                "`make llmcompressor` builds .venv-llmcompressor beside it (or set "
-                "ATLAS_LLMCOMPRESSOR_PYTHON)"}
-    return {"ran": False}
+NO_LLMCOMPRESSOR = ("no llmcompressor environment: llmcompressor 0.14.0.1 accepts torch 2.13.0 but pins "
+                    "transformers<=5.17.0, older than the project's, so it cannot sit in .venv; `make "
+                    "llmcompressor` builds .venv-llmcompressor beside it (or set ATLAS_LLMCOMPRESSOR_PYTHON)")
 
 
 def llmcompressor_vs_ours(model: str = "causal", calib_samples: int = 128, seed: int = 0,
@@ -166,10 +161,9 @@ def llmcompressor_vs_ours(model: str = "causal", calib_samples: int = 128, seed:
     from reference_impls.common import data, evaluate, runner
     from reference_impls.common.models import load_model, resolve
 
-    status = llmcompressor_status()
     python = llmcompressor_python()
     if python is None:
-        return status
+        return {"ran": False, "why": NO_LLMCOMPRESSOR}
     load = _load()
     loaded = load_model(model)
     batches = data.causal_calibration(loaded, n_samples=calib_samples, seed=seed)
