@@ -85,20 +85,22 @@ def atlas_runs(methods=RUN_METHODS, repeats: int = 2) -> dict:
             m = rec["metrics"]
             row["wall_s"].append(round(wall, 2))
             row["load_1m"].append(load)
-            # the phases of this run: start-up (process start to compression), compression, evaluation,
-            # and the rest (figures, JSON, shutdown, process spawn)
+            # the phases of this run: start-up (process start to compression; None where /proc is
+            # missing), compression, evaluation, and the rest (figures, JSON, shutdown, process spawn)
             age = rec["env"].get("process_age_s")
-            if age is not None:
-                row.setdefault("startup_s", []).append(age)
-                rest = wall - age - rec["time_s"] - m["eval_time_s"]
-                row.setdefault("after_eval_s", []).append(round(rest, 2))
-            row.update(compress_s=round(rec["time_s"], 2), eval_s=round(m["eval_time_s"], 2),
-                       perplexity=m["perplexity"], perplexity_fp=m["perplexity_fp"],
+            phases = {"wall_s": round(wall, 2), "startup_s": age, "compress_s": round(rec["time_s"], 2),
+                      "eval_s": round(m["eval_time_s"], 2),
+                      "after_eval_s": None if age is None else
+                      round(wall - age - rec["time_s"] - m["eval_time_s"], 2)}
+            row.setdefault("runs", []).append(phases)
+            row.update(perplexity=m["perplexity"], perplexity_fp=m["perplexity_fp"],
                        eval_dtype=m.get("eval_dtype"), eval_windows=m["eval_windows"],
                        reference_cached=m.get("eval_reference_cached"))
     for row in out.values():
-        if row["wall_s"]:
-            row["wall_s_min"] = min(row["wall_s"])
+        if row.get("runs"):
+            fastest = min(row["runs"], key=lambda r: r["wall_s"])
+            row.update(wall_s_min=fastest["wall_s"], fastest=fastest,
+                       compress_s=fastest["compress_s"], eval_s=fastest["eval_s"])
     return out
 
 
