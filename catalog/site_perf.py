@@ -35,7 +35,7 @@ def _rows(perf: dict) -> list[tuple[str, object, object]]:
                      h.get("gemm_floor_s")))
     for method, r in (perf.get("atlas_run") or {}).items():
         if "wall_s_min" in r:
-            # the phases of the fastest run (older files: the last run's compression and evaluation)
+            # the phases of the fastest run (files written before 2026-12-03: the last run's)
             fastest = r.get("fastest") if isinstance(r.get("fastest"), dict) else {}
             up = fastest.get("startup_s")
             startup = f"start-up {_s(up)} s, " if isinstance(up, int | float) else ""

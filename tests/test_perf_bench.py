@@ -53,3 +53,27 @@ def test_cli_sets_a_passive_openmp_wait_unless_the_environment_says_otherwise():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_atlas_runs_keeps_each_runs_phases_and_picks_the_fastest(monkeypatch):
+    import json
+    import subprocess
+    import types
+
+    walls = iter([10.0, 30.0, 40.0, 52.0])  # perf_counter: the start and end of each timed run
+    evals = iter([5.0, 4.0])
+
+    def fake_run(cmd, **kwargs):
+        rec = {"time_s": 1.0, "env": {"process_age_s": 3.0},
+               "metrics": {"eval_time_s": next(evals), "perplexity": 40.0, "perplexity_fp": 39.0,
+                           "eval_windows": 565}}
+        return types.SimpleNamespace(returncode=0, stdout=json.dumps(rec), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: fake_run(cmd) if "--model" in cmd else None)
+    monkeypatch.setattr(perf_bench.time, "perf_counter", lambda: next(walls))
+    out = perf_bench.atlas_runs(methods=("rtn",), repeats=2)["rtn"]
+    # walls 20 s (eval 5) and 12 s (eval 4); the rest = wall - start-up 3 - compression 1 - evaluation
+    assert [r["wall_s"] for r in out["runs"]] == [20.0, 12.0]
+    assert [r["after_eval_s"] for r in out["runs"]] == [11.0, 4.0]
+    assert out["wall_s_min"] == 12.0 and out["fastest"]["eval_s"] == 4.0
+    assert out["fastest"]["startup_s"] == 3.0

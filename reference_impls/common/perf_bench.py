@@ -77,30 +77,26 @@ def atlas_runs(methods=RUN_METHODS, repeats: int = 2) -> dict:
             proc = subprocess.run([_atlas(), "run", method, "--model", "causal", "--json"],
                                   capture_output=True, env=env, check=False, text=True)
             wall = time.perf_counter() - t
-            row = out.setdefault(method, {"wall_s": [], "load_1m": []})
+            row = out.setdefault(method, {"runs": []})
             if proc.returncode != 0:
                 row["error"] = proc.stderr[-400:]
                 continue
             rec = json.loads(proc.stdout)
             m = rec["metrics"]
-            row["wall_s"].append(round(wall, 2))
-            row["load_1m"].append(load)
             # the phases of this run: start-up (process start to compression; None where /proc is
             # missing), compression, evaluation, and the rest (figures, JSON, shutdown, process spawn)
             age = rec["env"].get("process_age_s")
-            phases = {"wall_s": round(wall, 2), "startup_s": age, "compress_s": round(rec["time_s"], 2),
-                      "eval_s": round(m["eval_time_s"], 2),
-                      "after_eval_s": None if age is None else
-                      round(wall - age - rec["time_s"] - m["eval_time_s"], 2)}
-            row.setdefault("runs", []).append(phases)
+            row["runs"].append({"wall_s": round(wall, 2), "load_1m": load, "startup_s": age,
+                                "compress_s": round(rec["time_s"], 2), "eval_s": round(m["eval_time_s"], 2),
+                                "after_eval_s": None if age is None else
+                                round(wall - age - rec["time_s"] - m["eval_time_s"], 2)})
             row.update(perplexity=m["perplexity"], perplexity_fp=m["perplexity_fp"],
                        eval_dtype=m.get("eval_dtype"), eval_windows=m["eval_windows"],
                        reference_cached=m.get("eval_reference_cached"))
     for row in out.values():
-        if row.get("runs"):
-            fastest = min(row["runs"], key=lambda r: r["wall_s"])
-            row.update(wall_s_min=fastest["wall_s"], fastest=fastest,
-                       compress_s=fastest["compress_s"], eval_s=fastest["eval_s"])
+        if row["runs"]:
+            row["fastest"] = min(row["runs"], key=lambda r: r["wall_s"])
+            row["wall_s_min"] = row["fastest"]["wall_s"]
     return out
 
 
